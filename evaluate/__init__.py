@@ -1,0 +1,1 @@
+"""evaluate: frozen or finetuned encoders -> downstream numbers (linear SVM/FC, retrieval, finetuning, fusion)."""

@@ -1,0 +1,6 @@
+"""shards: the on-disk sample format (see SPEC.md) and its readers.
+
+``format`` names every component and the index layout; ``reader`` reads shards in plain Python
+(inspect, verify, tests); the DALI pipelines build the paired (t1, t2) training views and the
+evaluation clips, augmented on the device.
+"""

@@ -1,0 +1,1 @@
+"""tools: the ``crisscross`` command line, the demo-clip generator and the benchmarks."""
