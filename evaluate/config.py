@@ -1,0 +1,146 @@
+"""Evaluation configuration: YAML presets + ``key.sub=value`` overrides, saved with every run.
+
+A preset names the protocol's numbers (clips per sample, input length, augmentation, costs,
+finetuning schedule); ``--set`` overrides any of them on the command line. Unknown keys are an
+error, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SAMPLINGS = ("uniform", "random")
+AUGMENTS = ("none", "linear")
+SPLIT_MODES = ("auto", "folds", "split")
+CLASSIFIERS = ("svm", "fc")
+MODALITIES = ("video", "audio")
+RETRIEVAL_DIRECTIONS = ("video->video", "audio->audio", "video->audio", "audio->video")
+
+
+@dataclass
+class PassConfig:
+    """One pass of the DALI evaluation loader over the dataset."""
+
+    clips_per_sample: int = 10
+    sampling: str = "uniform"
+    augment: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.clips_per_sample < 1 or self.sampling not in SAMPLINGS or self.augment not in AUGMENTS:
+            raise ValueError(f"bad pass config {self}: clips_per_sample >= 1, sampling in {SAMPLINGS}, augment in {AUGMENTS}")
+
+
+@dataclass
+class EvalConfig:
+    dataset: str = ""  # name used in results rows; default: the shards dir's name
+    pretrain: str = ""  # report column; default: "random" for --checkpoint random, else the checkpoint's name
+    modality: str = "audio"  # linear: which encoder's features (fusion uses both)
+    frames: int = 8
+    crop: int = 112
+    audio_seconds: float = 2.0
+    batch_size: int = 8
+    feature_chunk: int = 64  # clips per forward pass
+    train_pass: PassConfig = field(default_factory=lambda: PassConfig(10, "random", "linear"))
+    test_pass: PassConfig = field(default_factory=lambda: PassConfig(10, "uniform", "none"))
+    splits: str = "auto"  # folds: leave-one-fold-out over manifest folds; split: manifest split train/test
+    folds: list[int] | None = None  # evaluate only these test folds (None = all)
+    classifier: str = "svm"
+    svm: dict[str, Any] = field(default_factory=dict)  # crisscross.evaluate.linear.SVMConfig
+    fc: dict[str, Any] = field(default_factory=dict)  # crisscross.evaluate.fc.FCConfig
+    retrieval: dict[str, Any] = field(default_factory=lambda: {"directions": list(RETRIEVAL_DIRECTIONS), "ks": [1, 5, 20]})
+    finetune: dict[str, Any] = field(default_factory=dict)  # crisscross.evaluate.finetune.FinetuneConfig
+    plots: bool = True
+    model: Any = None  # architecture for --checkpoint random: "tiny", or ModelConfig keys
+    loader: dict[str, Any] = field(default_factory=dict)  # extra build_eval_loader keyword arguments
+    device: str = "cpu"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train_pass, dict):
+            self.train_pass = PassConfig(**self.train_pass)
+        if isinstance(self.test_pass, dict):
+            self.test_pass = PassConfig(**self.test_pass)
+        if self.modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
+        if self.splits not in SPLIT_MODES:
+            raise ValueError(f"splits must be one of {SPLIT_MODES}, got {self.splits!r}")
+        if self.classifier not in CLASSIFIERS:
+            raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {self.classifier!r}")
+        bad = set(self.retrieval.get("directions", [])) - set(RETRIEVAL_DIRECTIONS)
+        if bad:
+            raise ValueError(f"unknown retrieval directions {sorted(bad)}; known: {RETRIEVAL_DIRECTIONS}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "EvalConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown eval config keys {unknown}; known: {sorted(known)}")
+        return cls(**copy.deepcopy(values))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def input_label(self, modality: str) -> str:
+        if modality == "video":
+            return f"{self.frames}x{self.crop}^2"
+        return f"audio {self.audio_seconds:g}s"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("crisscross.evaluate").joinpath("presets").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def _read_yaml(name_or_path: str) -> dict[str, Any]:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        text = path.read_text(encoding="utf-8")
+    else:
+        preset = resources.files("crisscross.evaluate").joinpath("presets", f"{name_or_path}.yaml")
+        if not preset.is_file():
+            raise FileNotFoundError(f"no eval preset {name_or_path!r}; presets: {preset_names()} (or give a .yaml path)")
+        text = preset.read_text(encoding="utf-8")
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{name_or_path}: an eval config must be a YAML mapping")
+    return data
+
+
+def apply_override(values: dict[str, Any], assignment: str) -> None:
+    """``a.b=value`` sets values["a"]["b"] to the YAML-parsed value."""
+    if "=" not in assignment:
+        raise ValueError(f"override {assignment!r} is not key=value")
+    dotted, raw = assignment.split("=", 1)
+    *parents, leaf = dotted.strip().split(".")
+    node = values
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {assignment!r}: {part!r} is not a mapping")
+    node[leaf] = yaml.safe_load(raw)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Nested mappings merge key by key (so a preset can set one field of ``train_pass``)."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("model", "loader"):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(config: str | None = None, overrides: list[str] | None = None) -> EvalConfig:
+    """The defaults, then a preset name or YAML path, then the overrides in order."""
+    values = _merge(EvalConfig().to_dict(), _read_yaml(config) if config else {})
+    for assignment in overrides or []:
+        apply_override(values, assignment)
+    return EvalConfig.from_dict(values)

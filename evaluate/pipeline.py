@@ -1,0 +1,306 @@
+"""The evaluators end to end: shards -> DALI eval loader -> frozen features -> classifier -> rows.
+
+``run_linear`` (linear SVM or FC on one modality), ``run_retrieval`` and, in ``fusion.py``,
+``run_fusion`` share the pieces here: building a loader pass, deciding the train/test partitions
+(leave-one-fold-out over the manifest's folds, or its train/test split), and writing results.
+
+Feature passes are shared across folds: with ESC-50's 5 folds every sample is extracted once with
+the training-time settings (K augmented clips) and once with the test-time settings (K uniform
+clips, no augmentation), and each fold picks its rows from those two passes.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from crisscross.evaluate.config import EvalConfig, PassConfig
+from crisscross.evaluate.features import (
+    POOLINGS,
+    ClipFeatures,
+    Encoders,
+    Pool,
+    SampleInfo,
+    extract_features,
+    load_encoders,
+    read_manifest,
+)
+from crisscross.evaluate.linear import FeatureSet, SVMConfig, linear_svm
+from crisscross.evaluate.report import COMPARISON_ONLY, ResultRow, atomic_write_text, write_results
+from crisscross.evaluate.retrieval import CROSS_MODAL_KS, recall_at_k, sample_means
+
+
+# ------------------------------------------------------------------------------ partitions
+@dataclass
+class Partition:
+    name: str  # "fold3" / "test"
+    train_keys: list[str]
+    test_keys: list[str]
+
+
+def partitions(manifest: dict[str, SampleInfo], cfg: EvalConfig) -> list[Partition]:
+    """Leave-one-fold-out over the manifest's folds, or its train/test split."""
+    labelled = [s for s in manifest.values() if s.label_index >= 0 or s.label not in ("", "None")]
+    folds = sorted({s.fold for s in labelled if s.fold >= 0})
+    mode = cfg.splits if cfg.splits != "auto" else ("folds" if len(folds) >= 2 else "split")
+    if mode == "folds":
+        if len(folds) < 2:
+            raise ValueError(f"splits=folds but the manifest has folds {folds}")
+        chosen = cfg.folds or folds
+        unknown = set(chosen) - set(folds)
+        if unknown:
+            raise ValueError(f"folds {sorted(unknown)} not in the manifest's folds {folds}")
+        return [
+            Partition(f"fold{f}", [s.key for s in labelled if s.fold >= 0 and s.fold != f],
+                      [s.key for s in labelled if s.fold == f])
+            for f in chosen
+        ]
+    train = [s.key for s in labelled if s.split == "train"]
+    test = [s.key for s in labelled if s.split == "test"]
+    if not train or not test:
+        splits = sorted({s.split for s in labelled})
+        raise ValueError(f"splits=split needs samples with split 'train' and 'test'; the manifest has {splits}")
+    return [Partition("test", train, test)]
+
+
+def label_indices(manifest: dict[str, SampleInfo]) -> tuple[dict[str, int], list[str]]:
+    """Class index per key: the manifest's label_index when every sample has one, else sorted labels."""
+    if all(s.label_index >= 0 for s in manifest.values()):
+        index = {k: s.label_index for k, s in manifest.items()}
+        names = {s.label_index: s.label for s in manifest.values()}
+        return index, [names.get(i, str(i)) for i in range(max(names) + 1)]
+    classes = sorted({s.label for s in manifest.values()})
+    return {k: classes.index(s.label) for k, s in manifest.items()}, classes
+
+
+def feature_set(clips: ClipFeatures, head: str, keys: list[str], manifest: dict[str, SampleInfo],
+                labels: dict[str, int]) -> FeatureSet:
+    rows = clips.rows(keys)
+    return FeatureSet(
+        keys=list(keys),
+        features=clips.features[head][rows],
+        labels=np.array([labels[k] for k in keys], dtype=np.int64),
+        groups=np.array([manifest[k].group for k in keys]),
+    )
+
+
+# ------------------------------------------------------------------------------ loader passes
+def extract_pass(encoders: Encoders, data_dir: Path, cfg: EvalConfig, pass_cfg: PassConfig,
+                 heads: dict[str, tuple[str, Pool]], *, thumbnails: bool = False) -> ClipFeatures:
+    """One pass of the DALI evaluation loader over the whole dataset, through the frozen encoders."""
+    from crisscross.shards.loader import build_eval_loader
+
+    modalities = tuple(sorted({m for m, _ in heads.values()}, key=["video", "audio"].index))
+    loader = build_eval_loader(
+        str(data_dir),
+        clips_per_sample=pass_cfg.clips_per_sample,
+        sampling=pass_cfg.sampling,
+        frames=cfg.frames,
+        crop=cfg.crop,
+        audio_seconds=cfg.audio_seconds,
+        augment=pass_cfg.augment,
+        modalities=modalities,
+        batch_size=cfg.batch_size,
+        device=cfg.device,
+        seed=cfg.seed,
+        **cfg.loader,
+    )
+    return extract_features(encoders, loader, heads, chunk=cfg.feature_chunk, thumbnails=thumbnails)
+
+
+# ------------------------------------------------------------------------------ bookkeeping
+@dataclass
+class RunContext:
+    cfg: EvalConfig
+    data_dir: Path
+    encoders: Encoders
+    manifest: dict[str, SampleInfo]
+    dataset: str
+    pretrain: str
+
+    def row(self, **kw: Any) -> ResultRow:
+        base = dict(dataset=self.dataset, checkpoint_sha=self.encoders.checkpoint_sha, pretrain=self.pretrain,
+                    config=self.cfg.to_dict())
+        base.update(kw)
+        return ResultRow(**base)
+
+
+def open_run(checkpoint: str, data_dir: Path, cfg: EvalConfig) -> RunContext:
+    data_dir = Path(data_dir)
+    manifest = read_manifest(data_dir)
+    encoders = load_encoders(checkpoint, model=cfg.model, seed=cfg.seed, device=cfg.device)
+    pretrain = cfg.pretrain or ("random" if checkpoint == "random" else Path(checkpoint).resolve().name)
+    return RunContext(cfg, data_dir, encoders, manifest, cfg.dataset or _dataset_name(data_dir), pretrain)
+
+
+def _dataset_name(data_dir: Path) -> str:
+    info = data_dir / "dataset.json"
+    if info.exists():
+        name = json.loads(info.read_text(encoding="utf-8")).get("name")
+        if name:
+            return str(name)
+    return data_dir.resolve().name
+
+
+def finish_run(ctx: RunContext, out_dir: Path, task: str, rows: list[ResultRow], timing: dict[str, float]) -> Path:
+    """Save the config beside the results and write results.json + results.md."""
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(ctx.cfg.to_dict(), sort_keys=True))
+    run = {
+        "task": task,
+        "checkpoint": ctx.encoders.source,
+        "checkpoint_sha": ctx.encoders.checkpoint_sha,
+        "model": ctx.encoders.model_cfg,
+        "data": str(ctx.data_dir.resolve()),
+        "argv": sys.argv,
+        "python": platform.python_version(),
+    }
+    return write_results(out_dir, rows, timing=timing, run=run)
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values))
+
+
+# ------------------------------------------------------------------------------ classifier rows
+def classify_rows(ctx: RunContext, train_clips: ClipFeatures, test_clips: ClipFeatures, head: str,
+                  modality: str, task: str) -> tuple[list[ResultRow], float]:
+    """SVM (cost by CV on train) or linear FC on every partition, plus the across-fold mean."""
+    cfg = ctx.cfg
+    labels, classes = label_indices(ctx.manifest)
+    parts = partitions(ctx.manifest, cfg)
+    rows: list[ResultRow] = []
+    start = time.perf_counter()
+    honest, per_cost = [], []
+    if modality == "audio+video":
+        input_label = f"{cfg.input_label('video')} + {cfg.input_label('audio')}"
+    else:
+        input_label = cfg.input_label(modality)
+    common = dict(task=task, modality=modality, input=input_label, metric="top1")
+    for part in parts:
+        train = feature_set(train_clips, head, part.train_keys, ctx.manifest, labels)
+        test = feature_set(test_clips, head, part.test_keys, ctx.manifest, labels)
+        if cfg.classifier == "svm":
+            svm_cfg = SVMConfig.from_dict(cfg.svm)
+            res = linear_svm(train, test, svm_cfg, num_classes=len(classes))
+            protocol = f"LinearSVC one-vs-rest, C by {res.cv_folds}-fold grouped CV on train"
+            extra = {"cost": res.cost, "cv_accuracy": {str(c): a for c, a in res.cv_accuracy.items()},
+                     "unconverged_fits": res.unconverged_fits, "train_samples": len(train.keys),
+                     "test_samples": len(test.keys), "feature_dim": int(train.features.shape[2])}
+            rows.append(ctx.row(split=part.name, protocol=protocol, value=res.accuracy, extra=extra, **common))
+            rows.append(ctx.row(split=part.name, protocol=f"LinearSVC, best C on test {COMPARISON_ONLY}",
+                                value=res.best_test_accuracy, extra={"cost": res.best_cost_on_test}, **common))
+            honest.append(res.accuracy)
+            per_cost.append(res.test_accuracy_per_cost)
+        else:
+            from crisscross.evaluate.fc import FCConfig, linear_fc
+
+            res_fc = linear_fc(train, test, FCConfig.from_dict(cfg.fc), num_classes=len(classes))
+            protocol = "linear FC on frozen features, last epoch"
+            rows.append(ctx.row(split=part.name, protocol=protocol, value=res_fc.accuracy,
+                                extra={"epochs": res_fc.epochs, "train_samples": len(train.keys)}, **common))
+            honest.append(res_fc.accuracy)
+    if len(parts) > 1:
+        rows.append(ctx.row(split="mean", protocol=rows[0].protocol, value=_mean(honest),
+                            extra={"over": [p.name for p in parts]}, **common))
+        if per_cost:  # the paper's figure: the one cost whose fold-mean test accuracy is highest
+            means = {c: _mean([pc[c] for pc in per_cost]) for c in per_cost[0]}
+            best = max(means, key=lambda c: (means[c], -c))
+            rows.append(ctx.row(split="mean", protocol=f"LinearSVC, best C on test {COMPARISON_ONLY}",
+                                value=means[best], extra={"cost": best, "over": [p.name for p in parts]}, **common))
+    return rows, time.perf_counter() - start
+
+
+# ------------------------------------------------------------------------------ evaluators
+def run_linear(checkpoint: str, data_dir: Path, cfg: EvalConfig, out_dir: Path) -> Path:
+    """Linear evaluation of one modality's frozen features (appendix E.1)."""
+    ctx = open_run(checkpoint, data_dir, cfg)
+    heads = {cfg.modality: (cfg.modality, POOLINGS["linear"][cfg.modality])}
+    train_clips = extract_pass(ctx.encoders, ctx.data_dir, cfg, cfg.train_pass, heads)
+    test_clips = extract_pass(ctx.encoders, ctx.data_dir, cfg, cfg.test_pass, heads)
+    rows, classifier_s = classify_rows(ctx, train_clips, test_clips, cfg.modality, cfg.modality, "linear")
+    timing = {"features_train": train_clips.seconds, "features_test": test_clips.seconds, "classifier": classifier_s}
+    return finish_run(ctx, out_dir, "linear", rows, timing)
+
+
+def run_retrieval(checkpoint: str, data_dir: Path, cfg: EvalConfig, out_dir: Path) -> Path:
+    """Nearest-neighbour retrieval on sample features (mean of the test-pass clips; appendix E.3)."""
+    ctx = open_run(checkpoint, data_dir, cfg)
+    directions = list(cfg.retrieval.get("directions", []))
+    ks = tuple(int(k) for k in cfg.retrieval.get("ks", (1, 5, 20)))
+    needed = {m for d in directions for m in d.split("->")}
+    heads = {m: (m, POOLINGS["global"][m]) for m in ("video", "audio") if m in needed}
+    clips = extract_pass(ctx.encoders, ctx.data_dir, cfg, cfg.test_pass, heads, thumbnails=cfg.plots)
+    start = time.perf_counter()
+    labels, classes = label_indices(ctx.manifest)
+    feats = {m: sample_means(clips.features[m]) for m in heads}
+    rows: list[ResultRow] = []
+    parts = partitions(ctx.manifest, cfg)
+    for direction in directions:
+        q_mod, g_mod = direction.split("->")
+        per_part: list[dict[int, float]] = []
+        for part in parts:
+            if q_mod == g_mod:  # test samples query the training samples
+                q_keys, g_keys, protocol, use_ks = part.test_keys, part.train_keys, "cosine kNN, test queries train", ks
+            else:  # SpeedAug A.5: within the evaluation split, one modality queries the other
+                q_keys = g_keys = part.test_keys
+                protocol, use_ks = "cosine kNN, cross-modal within the test split", tuple(sorted(set(ks) | set(CROSS_MODAL_KS)))
+            q_rows, g_rows = clips.rows(q_keys), clips.rows(g_keys)
+            recall = recall_at_k(feats[q_mod][q_rows], np.array([labels[k] for k in q_keys]),
+                                 feats[g_mod][g_rows], np.array([labels[k] for k in g_keys]), use_ks)
+            per_part.append(recall)
+            for k, value in recall.items():
+                rows.append(ctx.row(task="retrieval", split=part.name, protocol=protocol, modality=direction,
+                                    input=cfg.input_label(q_mod), metric=f"R@{k}", value=value,
+                                    extra={"queries": len(q_keys), "gallery": len(g_keys)}))
+        if len(parts) > 1:
+            for k in per_part[0]:
+                rows.append(ctx.row(task="retrieval", split="mean", protocol=rows[-1].protocol, modality=direction,
+                                    input=cfg.input_label(q_mod), metric=f"R@{k}",
+                                    value=_mean([r[k] for r in per_part]), extra={"over": [p.name for p in parts]}))
+    retrieval_s = time.perf_counter() - start
+    timing = {"features": clips.seconds, "retrieval": retrieval_s}
+    if cfg.plots:
+        plot_start = time.perf_counter()
+        _retrieval_plots(ctx, clips, feats, parts[0], labels, classes, directions, Path(out_dir))
+        timing["plots"] = time.perf_counter() - plot_start
+    return finish_run(ctx, out_dir, "retrieval", rows, timing)
+
+
+def _retrieval_plots(ctx: RunContext, clips: ClipFeatures, feats: dict[str, np.ndarray], part: Partition,
+                     labels: dict[str, int], classes: list[str], directions: list[str], out_dir: Path) -> None:
+    """Grid of a few queries and their top-5 neighbours per uni-modal direction; t-SNE per modality."""
+    from crisscross.evaluate.plots import retrieval_grid, tsne_map
+    from crisscross.evaluate.retrieval import nearest_neighbours
+
+    rng = np.random.default_rng(ctx.cfg.seed)
+    for direction in directions:
+        q_mod, g_mod = direction.split("->")
+        if q_mod != g_mod or clips.thumbnails is None:
+            continue
+        k = min(5, len(part.train_keys))
+        queries = sorted(rng.choice(len(part.test_keys), size=min(6, len(part.test_keys)), replace=False))
+        q_keys = [part.test_keys[i] for i in queries]
+        q_rows, g_rows = clips.rows(q_keys), clips.rows(part.train_keys)
+        nn_idx = nearest_neighbours(feats[q_mod][q_rows], feats[g_mod][g_rows], k)
+        thumbs = clips.thumbnails[q_mod]
+        retrieval_grid(
+            out_dir / f"retrieval_{q_mod}_{g_mod}.png",
+            [thumbs[r] for r in q_rows],
+            [classes[labels[key]] for key in q_keys],
+            [[thumbs[g_rows[j]] for j in row] for row in nn_idx],
+            [[classes[labels[part.train_keys[j]]] for j in row] for row in nn_idx],
+        )
+    for modality, matrix in feats.items():
+        if len(matrix) >= 3:
+            names = [classes[labels[key]] for key in clips.keys]
+            tsne_map(out_dir / f"tsne_{modality}.png", matrix, names,
+                     title=f"t-SNE of {modality} features ({ctx.dataset})", seed=ctx.cfg.seed)
