@@ -1,0 +1,257 @@
+"""Encoders and heads of CrissCross (supplement appendix F, Tables S5-S8).
+
+* Video: R(2+1)D-18 in the AVID / CrissCross variant (Table S5), built from ``torch.nn`` layers:
+  stem Conv3d(3->w, 3x7x7, stride 1x2x2) + norm + ReLU + MaxPool3d(1x3x3, stride 1x2x2), then
+  four stages (w, 2w, 4w, 8w channels; w = 64 in the paper) whose first block of stages 3-5
+  strides 2x2x2. A block factorises each 3x3x3 conv into spatial 1x3x3 and temporal 3x1x1 convs
+  *without* the mid-plane widening of Tran et al. (torchvision's ``r2plus1d_18`` widens, which is
+  why it is not used here).
+* Audio: torchvision's ResNet-18 with a 1-channel stem, on 1x80x200 log-mel (Table S6).
+* Heads: projector fc-norm-relu, fc-norm-relu, fc-norm (Table S7) and predictor fc-norm-relu, fc
+  (Table S8); a separate projector and predictor per modality.
+
+``ModelConfig`` has a width/depth knob so that tests and the demo run a tiny version of the same
+code on a CPU, and a ``norm`` knob: ``batch`` (the paper; SyncBatchNorm under DDP on GPUs),
+``group`` (per-sample statistics, so results do not depend on how a batch is split over ranks,
+which makes 1-process vs N-process parity exact on CPUs) or ``none``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, ResNet
+
+NORMS = ("batch", "group", "none")
+POOLS = ("avg", "max")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture hyper-parameters; the defaults are the paper's (Tables S5-S8)."""
+
+    width: int = 64                      # channels of the first stage; stages use w, 2w, 4w, 8w
+    video_blocks: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
+    audio_blocks: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
+    norm: str = "batch"                  # batch | group | none
+    video_pool: str = "avg"              # avg in pretraining (Table S5); max for finetuning
+    proj_hidden: int = 2048
+    proj_dim: int = 2048
+    proj_layers: int = 3                 # 3 = fc-bn-relu, fc-bn-relu, fc-bn; 2 drops the middle one
+    pred_hidden: int = 512
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"model.norm must be one of {NORMS}, got {self.norm!r}")
+        if self.video_pool not in POOLS:
+            raise ValueError(f"model.video_pool must be one of {POOLS}, got {self.video_pool!r}")
+        for name in ("video_blocks", "audio_blocks"):
+            blocks = list(getattr(self, name))
+            if len(blocks) != 4 or any(int(b) < 1 for b in blocks):
+                raise ValueError(f"model.{name} must be 4 positive block counts, got {blocks}")
+            setattr(self, name, [int(b) for b in blocks])
+        if self.width < 1 or self.proj_layers not in (2, 3):
+            raise ValueError("model.width must be >= 1 and model.proj_layers 2 or 3")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | "ModelConfig") -> "ModelConfig":
+        if isinstance(values, ModelConfig):
+            return values
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> "ModelConfig":
+        """The same architecture at width 8, one block per stage and 64-d heads: CPU tests/demo."""
+        base = dict(width=8, video_blocks=[1, 1, 1, 1], audio_blocks=[1, 1, 1, 1],
+                    proj_hidden=64, proj_dim=64, pred_hidden=16)
+        base.update(overrides)
+        return cls(**base)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def norm_factory(kind: str, dims: int) -> Callable[[int], nn.Module]:
+    """A ``channels -> module`` constructor for the chosen normalization on 1-d/2-d/3-d features."""
+    if kind == "batch":
+        return {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims]
+    if kind == "group":
+        # GroupNorm normalizes each sample on its own: no dependence on the batch split. Groups of
+        # at least 8 channels, because tiny models reach 1x1x1 maps where 1-2 channel groups vanish
+        return lambda channels: nn.GroupNorm(math.gcd(channels, min(32, max(1, channels // 8))), channels)
+    if kind == "none":
+        return lambda channels: nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}; expected one of {NORMS}")
+
+
+# --------------------------------------------------------------------------------------- video
+class R2Plus1DBlock(nn.Module):
+    """(2+1)D residual block of AVID/CrissCross: no mid-plane widening, norm after the sum."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, norm: Callable[[int], nn.Module]) -> None:
+        super().__init__()
+        self.spatial1 = nn.Conv3d(in_ch, out_ch, (1, 3, 3), (1, stride, stride), (0, 1, 1), bias=False)
+        self.norm_s1 = norm(out_ch)
+        self.temporal1 = nn.Conv3d(out_ch, out_ch, (3, 1, 1), (stride, 1, 1), (1, 0, 0), bias=False)
+        self.norm_t1 = norm(out_ch)
+        self.spatial2 = nn.Conv3d(out_ch, out_ch, (1, 3, 3), 1, (0, 1, 1), bias=False)
+        self.norm_s2 = norm(out_ch)
+        self.temporal2 = nn.Conv3d(out_ch, out_ch, (3, 1, 1), 1, (1, 0, 0), bias=False)
+        self.norm_out = norm(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        # projected residual (1x1x1 conv, no norm: the block's output norm follows the sum)
+        self.residual = (
+            nn.Conv3d(in_ch, out_ch, 1, stride, bias=False) if stride != 1 or in_ch != out_ch else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.norm_s1(self.spatial1(x)))
+        y = self.relu(self.norm_t1(self.temporal1(y)))
+        y = self.relu(self.norm_s2(self.spatial2(y)))
+        y = self.temporal2(y)
+        return self.relu(self.norm_out(y + self.residual(x)))
+
+
+class VideoR2Plus1D(nn.Module):
+    """R(2+1)D-18 (Table S5). Input [B, 3, T, H, W]; 8x112^2 -> features [B, 8w, 1, 4, 4]."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        w, norm = cfg.width, norm_factory(cfg.norm, 3)
+        self.stem = nn.Sequential(
+            nn.Conv3d(3, w, (3, 7, 7), (1, 2, 2), (1, 3, 3), bias=False),
+            norm(w),
+            nn.ReLU(inplace=True),
+            nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),
+        )
+        stages, in_ch = [], w
+        for index, blocks in enumerate(cfg.video_blocks):
+            out_ch = w * 2**index
+            layers = [R2Plus1DBlock(in_ch, out_ch, 1 if index == 0 else 2, norm)]
+            layers += [R2Plus1DBlock(out_ch, out_ch, 1, norm) for _ in range(blocks - 1)]
+            stages.append(nn.Sequential(*layers))
+            in_ch = out_ch
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool3d(1) if cfg.video_pool == "avg" else nn.AdaptiveMaxPool3d(1)
+        self.out_dim = in_ch
+        for module in self.modules():
+            if isinstance(module, nn.Conv3d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.forward_features(x)).flatten(1)
+
+
+# --------------------------------------------------------------------------------------- audio
+class AudioResNet(ResNet):
+    """torchvision's ResNet (BasicBlock) with a 1-channel stem, a width knob and no classifier.
+
+    Input [B, 1, 80, 200] log-mel; ResNet-18 gives features [B, 8w, 3, 7] (Table S6).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        # torchvision hard-codes 64/128/256/512 planes; _make_layer below rescales them by width/64
+        self._width = cfg.width
+        super().__init__(BasicBlock, cfg.audio_blocks, norm_layer=norm_factory(cfg.norm, 2))
+        w = cfg.width
+        self.conv1 = nn.Conv2d(1, w, kernel_size=7, stride=2, padding=3, bias=False)
+        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+        self.bn1 = self._norm_layer(w)
+        if isinstance(self.bn1, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(self.bn1.weight)
+            nn.init.zeros_(self.bn1.bias)
+        self.fc = nn.Identity()
+        self.out_dim = 8 * w
+
+    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):  # type: ignore[override]
+        if planes == 64:  # first stage: its input is the (rescaled) stem, not torchvision's 64
+            self.inplanes = self._width
+        return super()._make_layer(block, planes * self._width // 64, blocks, stride, dilate)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.avgpool(self.forward_features(x)).flatten(1)
+
+
+def build_video_encoder(cfg: ModelConfig | dict[str, Any]) -> VideoR2Plus1D:
+    return VideoR2Plus1D(ModelConfig.from_dict(cfg))
+
+
+def build_audio_encoder(cfg: ModelConfig | dict[str, Any]) -> AudioResNet:
+    return AudioResNet(ModelConfig.from_dict(cfg))
+
+
+# --------------------------------------------------------------------------------------- heads
+def _fc_norm(in_dim: int, out_dim: int, norm: Callable[[int], nn.Module], relu: bool) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Linear(in_dim, out_dim), norm(out_dim)]
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class Projector(nn.Sequential):
+    """Table S7: fc-bn-relu, fc-bn-relu, fc-bn (``proj_layers=2`` drops the middle layer)."""
+
+    def __init__(self, in_dim: int, cfg: ModelConfig) -> None:
+        norm = norm_factory(cfg.norm, 1)
+        layers = [_fc_norm(in_dim, cfg.proj_hidden, norm, relu=True)]
+        if cfg.proj_layers == 3:
+            layers.append(_fc_norm(cfg.proj_hidden, cfg.proj_hidden, norm, relu=True))
+        layers.append(_fc_norm(cfg.proj_hidden, cfg.proj_dim, norm, relu=False))
+        super().__init__(*layers)
+
+
+class Predictor(nn.Sequential):
+    """Table S8: fc-bn-relu (bottleneck), fc."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        norm = norm_factory(cfg.norm, 1)
+        super().__init__(_fc_norm(cfg.proj_dim, cfg.pred_hidden, norm, relu=True),
+                         nn.Linear(cfg.pred_hidden, cfg.proj_dim))
+
+
+class Branch(nn.Module):
+    """One modality: encoder (backbone) + projector give z; the predictor maps z to p."""
+
+    def __init__(self, encoder: nn.Module, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.projector = Projector(encoder.out_dim, cfg)
+        self.predictor = Predictor(cfg)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.projector(self.encoder(x))
+        return z, self.predictor(z)
+
+
+class CrissCrossModel(nn.Module):
+    """Both branches. ``forward(views)`` maps {"v1","v2","a1","a2"} inputs to their (z, p).
+
+    Only the views given are computed, so uni-modal ablations (L_v1v2, L_a1a2) skip the other
+    modality entirely; the trainer freezes that branch so DDP does not wait for its gradients.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.video = Branch(build_video_encoder(cfg), cfg)
+        self.audio = Branch(build_audio_encoder(cfg), cfg)
+
+    def forward(self, views: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        # each view goes through its branch separately, as in SimSiam and the official code, so
+        # that batch statistics are per view
+        return {name: (self.video if name[0] == "v" else self.audio)(x) for name, x in views.items()}

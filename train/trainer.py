@@ -1,0 +1,441 @@
+"""The CrissCross pretraining loop: one process on one device, or many under ``torchrun``.
+
+Read top to bottom: ``train(config)`` sets up the (optional) process group, model, optimizer and
+loader, restores a checkpoint when asked, then runs one plain loop of optimizer steps. Rank 0
+alone prints, logs and writes files. Checkpoints hold everything needed to continue exactly
+(model, optimizer, scaler, step, each rank's loader position and RNG states, config); SIGTERM or
+SIGUSR1 saves one and exits cleanly; a non-finite loss stops the run before anything is saved, so
+the last checkpoint on disk is the last good one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from crisscross.train.checkpoint import find_latest, list_checkpoints, load_checkpoint, save_checkpoint
+from crisscross.train.config import save_config
+from crisscross.train.export import save_backbones
+from crisscross.train.models import CrissCrossModel, ModelConfig
+from crisscross.train.objective import CrissCrossObjective, ObjectiveConfig, collapse_std
+from crisscross.train.optim import Schedule, build_optimizer, parameter_groups, set_learning_rates
+
+CHECKPOINT_FORMAT = 1
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; nothing was saved after the last good checkpoint."""
+
+
+# ------------------------------------------------------------------------------- distributed
+@dataclass
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    control: Any = None  # a gloo group for small CPU messages (stop flags, loader states)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(run_cfg: dict[str, Any]) -> DistEnv:
+    """Join the process group started by torchrun (if any): NCCL on GPUs, gloo on CPUs."""
+    if run_cfg["num_threads"]:
+        torch.set_num_threads(int(run_cfg["num_threads"]))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    wants_cuda = run_cfg["device"] == "cuda" or (run_cfg["device"] == "auto" and torch.cuda.is_available())
+    if wants_cuda and not torch.cuda.is_available():
+        raise RuntimeError("run.device=cuda but no CUDA device is visible")
+    device = torch.device(f"cuda:{local_rank}") if wants_cuda else torch.device("cpu")
+    if wants_cuda:
+        torch.cuda.set_device(device)
+    env = DistEnv(rank, world_size, local_rank, device)
+    if world_size > 1:
+        dist.init_process_group("nccl" if wants_cuda else "gloo")
+        # NCCL cannot reduce CPU tensors; a side gloo group carries host-side control messages
+        env.control = dist.new_group(backend="gloo") if wants_cuda else dist.group.WORLD
+    return env
+
+
+def all_ranks_max(flag: bool, env: DistEnv) -> bool:
+    if not env.distributed:
+        return flag
+    value = torch.tensor([int(flag)])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=env.control)
+    return bool(value.item())
+
+
+def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
+    if not env.distributed:
+        return [obj]
+    out: list[Any] = [None] * env.world_size
+    dist.all_gather_object(out, obj, group=env.control)
+    return out
+
+
+# ------------------------------------------------------------------------------------- signals
+class StopFlag:
+    """Set by SIGTERM/SIGUSR1 (cluster preemption); the loop checks it between steps."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+
+
+# -------------------------------------------------------------------------------------- data
+def build_loader(config: dict[str, Any], env: DistEnv, batch_per_rank: int):
+    run = config["run"]
+    kwargs = dict(batch_size=batch_per_rank, rank=env.rank, world_size=env.world_size,
+                  device=str(env.device), seed=int(run["seed"]))
+    if run["loader"] == "synthetic":
+        from crisscross.train.synthetic import build_synthetic_loader
+        return build_synthetic_loader(config["synthetic"], **kwargs)
+    from crisscross.shards.loader import build_train_loader
+    return build_train_loader(config["data"], **kwargs)
+
+
+class BatchStream:
+    """Endless batches: a new pass over the loader starts when one ends."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self._iterator: Iterator | None = None
+
+    def next(self) -> dict[str, Any]:
+        if self._iterator is None:
+            self._iterator = iter(self.loader)
+        try:
+            return next(self._iterator)
+        except StopIteration:
+            self._iterator = iter(self.loader)
+            return next(self._iterator)
+
+
+# ------------------------------------------------------------------------------------- model
+def build_model(config: dict[str, Any], objective: ObjectiveConfig, env: DistEnv) -> tuple[nn.Module, nn.Module]:
+    """(model to call, raw model to save). Unused modalities are frozen so DDP ignores them."""
+    model_cfg = ModelConfig.from_dict(config["model"])
+    torch.manual_seed(int(config["run"]["seed"]))  # identical initial weights on every rank
+    raw = CrissCrossModel(model_cfg)
+    for modality in ("video", "audio"):
+        if modality not in objective.modalities:
+            getattr(raw, modality).requires_grad_(False)
+    raw.to(env.device)
+    if config["run"]["channels_last"]:
+        raw.video.to(memory_format=torch.channels_last_3d)
+    if env.distributed and env.device.type == "cuda" and config["run"]["sync_bn"] and model_cfg.norm == "batch":
+        raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)  # GPU-only in PyTorch
+    model: nn.Module = raw
+    if env.distributed:
+        model = DistributedDataParallel(raw, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    if config["run"]["compile"]:
+        model = torch.compile(model)
+    return model, raw
+
+
+def schedule_for(config: dict[str, Any], steps_per_epoch: int) -> Schedule:
+    optim = config["optim"]
+    return Schedule(lr=float(optim["lr"]), end_lr=float(optim["end_lr"]), pred_lr=float(optim["pred_lr"]),
+                    warmup_steps=round(float(optim["warmup_epochs"]) * steps_per_epoch),
+                    total_steps=int(config["run"]["epochs"]) * steps_per_epoch)
+
+
+# ---------------------------------------------------------------------------------- logging
+class RunLogger:
+    """Rank 0's outputs: progress bar, TensorBoard scalars, JSONL records, loss-curve PNG."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any], start: int, total: int, enabled: bool) -> None:
+        self.enabled, self.run_dir = enabled, run_dir
+        self.bar = self.writer = None
+        if not enabled:
+            return
+        if config["run"]["progress"]:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+        if config["run"]["tensorboard"]:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        self.jsonl = open(run_dir / "log.jsonl", "a")
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def record(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.jsonl.flush()
+        if self.writer is not None:
+            for key, value in metrics.items():
+                self.writer.add_scalar(key, value, step)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{metrics['loss/total']:.4f}", clips_s=f"{metrics['perf/clips_per_s']:.1f}")
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            (self.bar.write if self.bar is not None else print)(text)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        self.jsonl.close()
+
+
+def plot_loss_curve(run_dir: Path) -> Path | None:
+    """Loss and sub-losses against step, from log.jsonl (the last record of a step wins)."""
+    log = run_dir / "log.jsonl"
+    if not log.exists():
+        return None
+    by_step = {r["step"]: r for r in map(json.loads, log.read_text().splitlines()) if r}
+    if not by_step:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    steps = sorted(by_step)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in sorted({k for r in by_step.values() for k in r if k.startswith("loss/")}):
+        ax.plot(steps, [by_step[s].get(key, math.nan) for s in steps], label=key[5:],
+                linewidth=2.0 if key == "loss/total" else 0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (-cosine)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    out = run_dir / "loss_curve.png"
+    fig.savefig(out, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+# ---------------------------------------------------------------------------------- checkpoint
+def rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def write_checkpoint(run_dir: Path, step: int, config: dict[str, Any], raw: nn.Module, optimizer: Any,
+                     scaler: torch.amp.GradScaler, loader: Any, env: DistEnv) -> Path | None:
+    """Collective (every rank calls it): gathers loader/RNG states, rank 0 writes atomically."""
+    loader_states = gather_objects(loader.state_dict(), env)
+    rng_states = gather_objects(rng_state(env.device), env)
+    path = None
+    if env.is_main:
+        state = {
+            "format": CHECKPOINT_FORMAT, "step": step, "config": config, "world_size": env.world_size,
+            "model": raw.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "loader": loader_states, "rng": rng_states,
+        }
+        path = save_checkpoint(run_dir, step, state, keep=config["run"]["keep_checkpoints"])
+    if env.distributed:
+        dist.barrier(group=env.control)
+    return path
+
+
+def resume_from(resume: str | None, run_dir: Path) -> Path | None:
+    """``auto`` = newest complete checkpoint of the run (or a fresh start); else a path or None."""
+    if resume in (None, "", "none"):
+        if list_checkpoints(run_dir):
+            raise FileExistsError(f"{run_dir} already has checkpoints: pass --resume auto to continue it, "
+                                  "or choose another run.dir")
+        return None
+    if resume == "auto":
+        return find_latest(run_dir)
+    path = Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
+    return path
+
+
+# ------------------------------------------------------------------------------------ training
+def train(config: dict[str, Any], resume: str | None = None) -> dict[str, Any]:
+    """Run (or continue) pretraining as configured; returns a summary dict (rank 0's view)."""
+    env = setup_distributed(config["run"])
+    try:
+        return _train(config, resume, env)
+    finally:
+        if env.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(config: dict[str, Any], resume: str | None, env: DistEnv) -> dict[str, Any]:
+    run = config["run"]
+    run_dir = Path(run["dir"])
+    global_batch = int(config["optim"]["batch_size"])
+    if global_batch % env.world_size:
+        raise ValueError(f"optim.batch_size={global_batch} is not divisible by world size {env.world_size}")
+    batch_per_rank = global_batch // env.world_size
+
+    objective_cfg = ObjectiveConfig.from_dict(config["objective"])
+    objective = CrissCrossObjective(objective_cfg)
+    model, raw = build_model(config, objective_cfg, env)
+    optim_cfg = config["optim"]
+    optimizer = build_optimizer(parameter_groups(raw), weight_decay=float(optim_cfg["weight_decay"]),
+                                betas=tuple(optim_cfg["betas"]), larc=bool(optim_cfg["larc"]),
+                                larc_trust=float(optim_cfg["larc_trust"]), larc_clip=bool(optim_cfg["larc_clip"]))
+    precision = run["precision"]
+    scaler = torch.amp.GradScaler(env.device.type, enabled=precision == "fp16")
+    autocast = (torch.autocast(env.device.type, dtype=DTYPES[precision]) if precision != "fp32" else nullcontext())
+
+    loader = build_loader(config, env, batch_per_rank)
+    passes_len = len(loader)
+    if passes_len < 1:
+        raise ValueError(f"the data gives no full batch of {batch_per_rank} per rank")
+    steps_per_epoch = int(run["epoch_size"]) // global_batch if run["epoch_size"] else passes_len
+    schedule = schedule_for(config, steps_per_epoch)
+    last_step = schedule.total_steps if run["max_steps"] is None else min(int(run["max_steps"]), schedule.total_steps)
+
+    # ---- resume
+    start_step = 0
+    checkpoint_file = resume_from(resume, run_dir) if env.is_main else None
+    checkpoint_file = gather_objects(str(checkpoint_file) if checkpoint_file else None, env)[0]
+    if checkpoint_file:
+        state = load_checkpoint(checkpoint_file, map_location=env.device)
+        raw.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start_step = int(state["step"])
+        if state["world_size"] == env.world_size:
+            loader.load_state_dict(state["loader"][env.rank])
+            restore_rng(state["rng"][env.rank], env.device)
+        elif env.is_main:
+            print(f"warning: checkpoint was written by {state['world_size']} ranks, now {env.world_size}: "
+                  "the data order restarts (loader positions are per rank)")
+        del state
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+
+    stop = StopFlag()
+    stop.install()
+    logger = RunLogger(run_dir, config, start_step, last_step, env.is_main)
+    if checkpoint_file:
+        logger.message(f"resumed from {checkpoint_file} at step {start_step}")
+    stream = BatchStream(loader)
+    model.train()
+
+    log_every, ckpt_every = max(int(run["log_every"]), 1), max(int(run["checkpoint_every"]), 1)
+    channels_last = bool(run["channels_last"])
+    views_needed = objective_cfg.views
+    interval_start, data_wait, interval_steps = time.perf_counter(), 0.0, 0
+    sums: torch.Tensor | None = None
+    nonfinite = torch.zeros((), dtype=torch.bool, device=env.device)
+    saved_step, status, metrics = start_step, "completed", {}
+
+    for step in range(start_step, last_step):
+        if all_ranks_max(stop.signal is not None, env):
+            write_checkpoint(run_dir, step, config, raw, optimizer, scaler, loader, env)
+            logger.message(f"stop signal received: saved the checkpoint of step {step} and exiting")
+            status, saved_step = "preempted", step
+            break
+
+        waited = time.perf_counter()
+        batch = stream.next()
+        data_wait += time.perf_counter() - waited
+        views = {name: batch[name] for name in views_needed}
+        if channels_last:
+            views = {k: v.contiguous(memory_format=torch.channels_last_3d) if k[0] == "v" else v
+                     for k, v in views.items()}
+
+        rates = set_learning_rates(optimizer, step, schedule)
+        with autocast:
+            outputs = model(views)
+        loss, sublosses = objective(outputs)  # computed in float32, outside autocast
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+        nonfinite |= ~torch.isfinite(loss.detach())
+        values = torch.stack([loss.detach(), *sublosses.values()])
+        sums = values if sums is None else sums + values
+        interval_steps += 1
+        logger.step()
+        done = step + 1
+
+        at_log, at_ckpt = done % log_every == 0 or done == last_step, done % ckpt_every == 0 or done == last_step
+        if at_log or at_ckpt:
+            if all_ranks_max(bool(nonfinite.item()), env):
+                logger.close()
+                raise NonFiniteLossError(
+                    f"non-finite loss between steps {done - interval_steps + 1} and {done}; stopping. "
+                    f"The last good checkpoint is {find_latest(run_dir)} (step {saved_step}); lower the "
+                    "learning rate, enable optim.larc, or use run.precision=fp32/bf16 before resuming.")
+        if at_log:
+            elapsed = time.perf_counter() - interval_start
+            names = ["loss/total", *sublosses]
+            means = reduce_mean(torch.cat([sums / interval_steps, torch.tensor(
+                [data_wait / elapsed], device=env.device)]), env).tolist()
+            metrics = dict(zip(names, means[:-1]))
+            metrics.update({f"collapse/{m}": collapse_std(outputs[v][0]).item()
+                            for m, v in (("video", "v1"), ("audio", "a1")) if v in outputs})
+            metrics.update({f"lr/{name}": lr for name, lr in rates.items()})
+            metrics.update({"epoch": done / steps_per_epoch,
+                            "perf/clips_per_s": interval_steps * global_batch / elapsed,
+                            "perf/data_wait_frac": means[-1]})
+            logger.record(done, metrics)
+            interval_start, data_wait, interval_steps, sums = time.perf_counter(), 0.0, 0, None
+        if at_ckpt:
+            write_checkpoint(run_dir, done, config, raw, optimizer, scaler, loader, env)
+            saved_step = done
+
+    logger.close()
+    summary = {"status": status, "step": saved_step if status == "preempted" else last_step,
+               "run_dir": str(run_dir), "metrics": metrics, "checkpoint": str(find_latest(run_dir))}
+    if env.is_main and status == "completed":
+        summary["loss_curve"] = str(plot_loss_curve(run_dir))
+        if run["export"]:
+            summary["export"] = str(save_backbones(run_dir / "export", raw.video.encoder, raw.audio.encoder,
+                                                   config["model"]))
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def reduce_mean(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Mean over ranks (gloo has no AVG: sum, then divide)."""
+    if env.distributed:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        values /= env.world_size
+    return values.cpu()
