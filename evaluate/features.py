@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,9 @@ def model_config(spec: Any) -> Any:
     return ModelConfig.tiny(**spec) if preset == "tiny" else ModelConfig.from_dict(spec)
 
 
+EXPORT_FILES = ("video.safetensors", "audio.safetensors", "backbones.json")
+
+
 def load_encoders(checkpoint: str, *, model: Any = None, seed: int = 0, device: str = "cpu") -> Encoders:
     """``checkpoint`` is an export dir, a trainer checkpoint file, or ``random`` (then ``model``
     gives the architecture and ``seed`` the initialisation)."""
@@ -113,7 +117,7 @@ def load_encoders(checkpoint: str, *, model: Any = None, seed: int = 0, device: 
             raise FileNotFoundError(f"checkpoint not found: {path}")
         video, audio, cfg_any = load_backbones(path, device=device)
         cfg_dict = cfg_any.to_dict() if hasattr(cfg_any, "to_dict") else dict(cfg_any)
-        files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+        files = [path / n for n in EXPORT_FILES] if path.is_dir() else [path]
         sha = file_sha256(files)
     video.to(device).eval()
     audio.to(device).eval()
@@ -131,7 +135,30 @@ class SampleInfo:
     group: str  # samples sharing a group (a source recording) stay on one side of CV splits
 
 
-GROUP_COLUMNS = ("group", "src_file", "source_group")  # first one present wins; else the key
+GROUP_COLUMNS = ("group", "src_file", "source_group")  # first one present wins
+# ESC-50 file names are {fold}-{src_file}-{take}-{target}: takes of one recording share src_file
+_ESC50_NAME = re.compile(r"^\d+-(?P<src>[0-9A-Za-z]+)-[A-Z]+-\d+\.[a-z0-9]+$")
+# UCF101 names are v_{Class}_g{group}_c{clip}: clips of one group come from one long video
+_UCF101_NAME = re.compile(r"^v_(?P<cls>[A-Za-z]+)_g(?P<grp>\d+)_c\d+\.[a-z0-9]+$")
+
+
+def source_group(source: str) -> str:
+    """The recording a source file comes from (ESC-50 ``src_file``, UCF101 ``{class}_g{NN}``);
+    any other source is its own group, so the clips cut from one video still stay together."""
+    name = source.rsplit("/", 1)[-1]
+    if m := _ESC50_NAME.match(name):
+        return f"esc50:{m['src']}"
+    if m := _UCF101_NAME.match(name):
+        return f"ucf101:{m['cls']}_g{m['grp']}"
+    return source
+
+
+def _group(row: dict[str, Any], group_col: str | None) -> str:
+    if group_col and row.get(group_col) is not None:
+        return str(row[group_col])
+    if row.get("source"):
+        return source_group(str(row["source"]))
+    return str(row["key"])
 
 
 def read_manifest(shards_dir: Path) -> dict[str, SampleInfo]:
@@ -146,7 +173,7 @@ def read_manifest(shards_dir: Path) -> dict[str, SampleInfo]:
     return {
         r["key"]: SampleInfo(
             key=r["key"], label=str(r["label"]), label_index=int(r["label_index"]), split=str(r["split"]),
-            fold=int(r["fold"]), group=str(r[group_col]) if group_col and r[group_col] is not None else r["key"],
+            fold=int(r["fold"]), group=_group(r, group_col),
         )
         for r in rows
     }
