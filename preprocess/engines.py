@@ -1,0 +1,118 @@
+"""Run shard tasks: in-process, on a local process pool, or on a Ray cluster.
+
+A task is one shard (``build.write_shard``); it is idempotent and independent of the others, so
+any engine, any number of workers and any job-array split give the same bytes. Job arrays
+(``--num-tasks/--task-index``) are handled by the caller choosing which shards to run here.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+from tqdm import tqdm
+
+ENGINES = ("local", "ray")
+
+_progress_queue = None  # set in pool workers by _init_worker
+
+
+def _init_worker(queue) -> None:
+    global _progress_queue
+    _progress_queue = queue
+
+
+def _tick(n: int) -> None:
+    if _progress_queue is not None:
+        _progress_queue.put(n)
+
+
+def _pool_task(args: tuple) -> int:
+    from crisscross.preprocess.build import write_shard
+
+    out_dir, plan, shard = args
+    write_shard(Path(out_dir), plan, shard, progress=_tick)
+    return shard
+
+
+def _bar(total: int, enabled: bool) -> tqdm:
+    return tqdm(total=total, unit="clip", desc="shards build", disable=not enabled, smoothing=0.1,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} clips [{elapsed}<{remaining}, {rate_fmt}]")
+
+
+def run_shards(out_dir: Path, plan: dict, shards: list[int], *, engine: str = "local", workers: int = 1,
+               address: str | None = None, progress: bool = True) -> None:
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose from {ENGINES}")
+    if not shards:
+        return
+    total = sum(len(plan["shards"][j]) for j in shards)
+    with _bar(total, progress) as bar:
+        if engine == "ray":
+            _run_ray(out_dir, plan, shards, address, bar, workers)
+        elif workers <= 1:
+            from crisscross.preprocess.build import write_shard
+
+            for j in shards:
+                write_shard(out_dir, plan, j, progress=bar.update)
+        else:
+            _run_pool(out_dir, plan, shards, workers, bar)
+
+
+def _run_pool(out_dir: Path, plan: dict, shards: list[int], workers: int, bar: tqdm) -> None:
+    # fork: workers inherit the imported modules (fast start); the parent holds no threads
+    # that matter here (no decoder runs in the parent)
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    with ctx.Pool(processes=min(workers, len(shards)), initializer=_init_worker, initargs=(queue,),
+                  maxtasksperchild=16) as pool:
+        pending = pool.imap_unordered(_pool_task, [(str(out_dir), plan, j) for j in shards])
+        done = 0
+        while done < len(shards):
+            _drain(queue, bar)
+            try:
+                pending.next(timeout=0.2)
+                done += 1
+            except mp.TimeoutError:
+                continue
+        _drain(queue, bar)
+
+
+def _drain(queue, bar: tqdm) -> None:
+    import queue as queue_mod
+
+    while True:
+        try:
+            bar.update(queue.get_nowait())
+        except queue_mod.Empty:
+            return
+
+
+def _run_ray(out_dir: Path, plan: dict, shards: list[int], address: str | None, bar: tqdm, workers: int) -> None:
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:  # a local instance sized like the local pool
+            ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False)
+    try:
+        remote = ray.remote(num_cpus=1, max_retries=2)(_ray_task)
+        plan_ref = ray.put(plan)
+        refs = {remote.remote(str(out_dir), plan_ref, j): j for j in shards}
+        while refs:
+            ready, _ = ray.wait(list(refs), num_returns=1)
+            for ref in ready:
+                ray.get(ref)  # re-raises a task's failure
+                bar.update(len(plan["shards"][refs.pop(ref)]))
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _ray_task(out_dir: str, plan: dict, shard: int) -> int:
+    from crisscross.preprocess.build import write_shard
+
+    write_shard(Path(out_dir), plan, shard)
+    return shard

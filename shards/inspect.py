@@ -1,0 +1,142 @@
+"""Look at a finished dataset: a summary, one sample dumped to PNG/WAV, and a full verification."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from crisscross.shards import format as fmt
+from crisscross.shards.reader import decode_sample, iter_raw, read_dataset
+from crisscross.shards.writer import IDX_VERSION
+
+
+def summarize(root: str | Path) -> dict:
+    info = read_dataset(root)
+    counts = info.dataset["counts"]
+    durations = np.array([r["duration"] for r in info.manifest]) if info.manifest else np.zeros(1)
+    summary = {
+        "name": info.dataset["name"], "format_version": info.dataset["format_version"],
+        "samples": counts["samples"], "errors": counts["errors"], "shards": len(info.shards),
+        "modalities": counts["modalities"], "labels": len(info.dataset["labels"]),
+        "splits": dict(Counter(r["split"] for r in info.manifest)),
+        "hours": float(durations.sum() / 3600), "duration_s": {"min": float(durations.min()),
+                                                            "median": float(np.median(durations)),
+                                                            "max": float(durations.max())},
+        "bytes_per_clip_second": counts["sample_bytes"] / counts["seconds"] if counts["seconds"] else None,
+        "error_reasons": counts["error_reasons"], "build": info.dataset["build"],
+    }
+    lines = [f"dataset {summary['name']} (format v{summary['format_version']}): {summary['samples']} samples "
+             f"in {summary['shards']} shards, {summary['hours']:.3f} h, modalities {summary['modalities']}",
+             f"  labels: {summary['labels']}, splits: {summary['splits']}",
+             f"  duration s: min {summary['duration_s']['min']:.2f} / median {summary['duration_s']['median']:.2f} "
+             f"/ max {summary['duration_s']['max']:.2f}",
+             f"  errors: {summary['errors']} {summary['error_reasons']}"]
+    if summary["bytes_per_clip_second"]:
+        lines.append(f"  {summary['bytes_per_clip_second'] / 1e3:.1f} kB per clip-second")
+    summary["text"] = "\n".join(lines)
+    return summary
+
+
+def _find(root: Path, key: str | None) -> tuple[str, dict[str, bytes]]:
+    info = read_dataset(root)
+    rows = info.by_key()
+    if key is not None and key not in rows:
+        raise KeyError(f"no sample {key!r} in {root}")
+    shard = root / (rows[key]["shard"] if key else info.manifest[0]["shard"])
+    for k, group in iter_raw(shard):
+        if key is None or k == key:
+            return k, group
+    raise KeyError(f"{key!r} listed in the manifest but missing from {shard}")
+
+
+def dump_sample(root: str | Path, key: str | None = None, out_dir: str | Path | None = None) -> dict:
+    """Decode one sample; with ``out_dir``, write frame_XXXX.png, audio.wav, index.json, meta.json."""
+    key, group = _find(Path(root), key)
+    sample = decode_sample(key, group)
+    shown = {"key": key, "index": {f.name: float(sample.index[f]) for f in fmt.Index}, "meta": sample.meta,
+             "frames_shape": None if sample.frames is None else list(sample.frames.shape),
+             "audio_samples": None if sample.audio is None else int(sample.audio.size)}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        if sample.frames is not None:
+            from PIL import Image
+
+            for k, frame in enumerate(sample.frames):
+                Image.fromarray(frame).save(out / f"frame_{k:04d}.png")
+        if sample.audio is not None:
+            import soundfile
+
+            soundfile.write(out / "audio.wav", sample.audio, int(sample.index[fmt.Index.SAMPLE_RATE]), subtype="PCM_16")
+        (out / "index.json").write_text(json.dumps(shown["index"], indent=1))
+        (out / "meta.json").write_text(json.dumps(sample.meta, indent=1, ensure_ascii=False))
+        shown["dumped_to"] = str(out)
+    return shown
+
+
+def _check_idx(shard: Path, groups: list[tuple[str, dict]]) -> list[str]:
+    idx = shard.with_suffix(".idx")
+    if not idx.exists():
+        return [f"{shard.name}: index {idx.name} missing"]
+    lines = idx.read_text().splitlines()
+    problems = []
+    if lines[0] != f"{IDX_VERSION} {len(groups)}":
+        problems.append(f"{idx.name}: header {lines[0]!r}, shard holds {len(groups)} samples")
+    data = shard.read_bytes()
+    for line, (key, group) in zip(lines[1:], groups):
+        fields = line.split(" ")
+        for ext, offset, size, name in zip(fields[0::4], fields[1::4], fields[2::4], fields[3::4]):
+            blob = data[int(offset):int(offset) + int(size)]
+            if name != f"{key}.{ext}" or blob != group.get(ext):
+                problems.append(f"{idx.name}: entry {name} does not point at its member's bytes")
+    return problems
+
+
+def verify_dataset(root: str | Path, *, decode: bool = True) -> list[str]:
+    """Re-read every shard: members vs manifest, index vs manifest, idx offsets, decodability."""
+    root = Path(root)
+    info = read_dataset(root)
+    rows = info.by_key()
+    problems, seen = [], set()
+    for shard in info.shards:
+        if not shard.exists():
+            problems.append(f"{shard.name}: missing")
+            continue
+        groups = list(iter_raw(shard))
+        problems += _check_idx(shard, groups)
+        for key, group in groups:
+            problems += [f"{key}: {p}" for p in _check_sample(key, group, rows.get(key), shard.name, decode)]
+            seen.add(key)
+    problems += [f"{k}: in manifest, not in any shard" for k in sorted(set(rows) - seen)]
+    return problems
+
+
+def _check_sample(key: str, group: dict, row: dict | None, shard: str, decode: bool) -> list[str]:
+    if row is None:
+        return ["in a shard but not in the manifest"]
+    problems = []
+    if row["shard"] != shard:
+        problems.append(f"manifest says shard {row['shard']}, found in {shard}")
+    if row["bytes"] != sum(len(v) for v in group.values()):
+        problems.append("byte count differs from the manifest")
+    try:
+        sample = decode_sample(key, group, video=decode)
+    except Exception as exc:  # noqa: BLE001 - report, keep verifying the rest
+        return problems + [f"does not decode: {type(exc).__name__}: {exc}"]
+    idx = sample.index
+    if int(idx[fmt.Index.NUM_FRAMES]) != row["frames"] or int(idx[fmt.Index.NUM_AUDIO_SAMPLES]) != row["audio_samples"]:
+        problems.append("index.npy counts differ from the manifest")
+    has_v, has_a = fmt.VIDEO_EXT in group, sample.audio is not None
+    if bool(idx[fmt.Index.HAS_VIDEO]) != has_v or bool(idx[fmt.Index.HAS_AUDIO]) != has_a:
+        problems.append("index.npy modality flags differ from the members present")
+    if has_a and sample.audio.size != row["audio_samples"]:
+        problems.append(f"audio has {sample.audio.size} samples, manifest {row['audio_samples']}")
+    if decode and has_v and sample.frames.shape[0] != row["frames"]:
+        problems.append(f"video decodes to {sample.frames.shape[0]} frames, manifest {row['frames']}")
+    if sample.meta.get("key") != key:
+        problems.append("meta.json key differs")
+    return problems
+
