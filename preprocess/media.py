@@ -215,6 +215,23 @@ def _frame_time(frame, fallback: float) -> float:
     return float(t) if t is not None else fallback
 
 
+def _downmix(frame: av.AudioFrame) -> np.ndarray:
+    """Mono = the mean of the channels (FFmpeg's default matrix would add them at -3 dB, which
+    can clip correlated stereo)."""
+    return frame.to_ndarray().mean(axis=0, dtype=np.float32)
+
+
+def resample_audio(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """Band-limited resampling (soxr, high quality) whose output sample n is input time n / rate_out.
+
+    soxr compensates its own filter delay, so the first output sample is the first input
+    instant and the index's audio times stay exact (tests check the lag against the signal).
+    """
+    import soxr
+
+    return soxr.resample(x.astype(np.float32), rate_in, rate_out, quality="HQ").astype(np.float32)
+
+
 def _to_int16(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x * 32768.0), -32768, 32767).astype("<i2")
 
@@ -250,7 +267,8 @@ def _decode_open(container, spans, cfg: MediaConfig, need_video: bool, need_audi
     shown = None  # (frame, time, cached packet)
     audio_chunks: list[np.ndarray] = []
     audio_start: float | None = None
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=cfg.sample_rate) if as_ is not None else None
+    resampler = None  # made at the first audio frame: sample format only (planar float), native rate
+    native_rate = None
     decode_errors = 0
     frame_interval = 1.0 / float(vs.average_rate) if vs is not None and vs.average_rate else 1.0 / cfg.fps
     if vs is not None:
@@ -297,17 +315,21 @@ def _decode_open(container, spans, cfg: MediaConfig, need_video: bool, need_audi
             else:
                 if audio_start is None:
                     audio_start = _frame_time(frame, 0.0) - origin
+                    native_rate = frame.sample_rate
+                    resampler = av.AudioResampler(format="fltp", layout=frame.layout.name, rate=native_rate)
                 for out in resampler.resample(frame):
-                    audio_chunks.append(out.to_ndarray().reshape(-1))
+                    audio_chunks.append(_downmix(out))
     if resampler is not None:
         for out in resampler.resample(None):
-            audio_chunks.append(out.to_ndarray().reshape(-1))
+            audio_chunks.append(_downmix(out))
     if shown is not None:
         for sampler in samplers:
             sampler.advance(last_video_time + frame_interval, packet_of_shown)
 
     has_video = encoder is not None and any(s.packets for s in samplers)
     audio = np.concatenate(audio_chunks) if audio_chunks else np.zeros(0, np.float32)
+    if audio.size and native_rate != cfg.sample_rate:
+        audio = resample_audio(audio, native_rate, cfg.sample_rate)
     has_audio = audio.size > 0
     if not has_video and not has_audio:
         raise MediaError("undecodable", f"no frame or audio sample decoded ({decode_errors} bad packets)")
