@@ -285,8 +285,15 @@ def _decode_group(item: SourceItem, specs: list[SampleSpec], cfg: BuildConfig) -
         return media.MediaError("decode_failed", f"{type(exc).__name__}: {exc}")
 
 
-def _check_policy(clip: media.ClipMedia, cfg: BuildConfig, audio_only: bool) -> media.MediaError | None:
+def _check_policy(spec: SampleSpec, clip: media.ClipMedia, info: dict, cfg: BuildConfig) -> media.MediaError | None:
+    """The build's rules for a decoded clip (documented in docs/preprocess.md)."""
     has_v, has_a = clip.video_mp4 is not None, clip.audio_pcm is not None
+    audio_only = spec.item.audio_only
+    expected_end = spec.end if spec.end is not None else info.get("duration")
+    if expected_end:
+        missing = expected_end - info["decoded_end"]
+        if missing > max(0.5, 0.1 * (expected_end - spec.start)):
+            return media.MediaError("truncated", f"decodes to {info['decoded_end']:.2f} s of {expected_end:.2f} s")
     if cfg.require in ("av", "video") and not has_v and not audio_only:
         return media.MediaError("no_video", "no video stream (or no frame in the span)")
     if cfg.require in ("av", "audio") and not has_a:
@@ -370,7 +377,7 @@ def write_shard(out_dir: Path, plan: dict, shard: int, progress=None) -> dict:
             if problem is None:
                 info, clips = result
                 clip = clips[by_source[sid].index(spec)]
-                problem = _check_policy(clip, cfg, spec.item.audio_only)
+                problem = _check_policy(spec, clip, info, cfg)
             if problem is not None:
                 errors.append(_error_row(spec, problem))
             else:

@@ -236,125 +236,217 @@ def _to_int16(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x * 32768.0), -32768, 32767).astype("<i2")
 
 
+_IMAGE_FORMATS = {"image2", "gif", "apng", "webp", "ico", "png", "mjpeg"}  # + every "*_pipe" demuxer
+SEEK_MIN_START = 4.0  # seek (instead of decoding from 0) when every span starts this late
+SEEK_MARGIN = 2.0  # seek this much before the span, then decode forward to it
+
+
 def decode_source(path: str, spans: list[tuple[float, float | None]], cfg: MediaConfig,
                   need_video: bool = True, need_audio: bool = True) -> SourceMedia:
-    """Decode ``path`` once and cut every span [start, end) (end None = to the end) from it."""
+    """Decode ``path`` once and cut every span [start, end) (end None = to the end) from it.
+
+    Raises MediaError with a reason code for anything that cannot become a sample.
+    """
+    first_start = min(s for s, _ in spans)
+    seek_to = first_start - SEEK_MARGIN if first_start >= SEEK_MIN_START else None
+    media = _decode_path(path, spans, cfg, need_video, need_audio, seek_to)
+    if seek_to is not None and media.info.pop("seek_overshot", False):
+        media = _decode_path(path, spans, cfg, need_video, need_audio, None)  # inexact seek: no shortcut
+    return media
+
+
+def _open(path: str):
     try:
-        container = av.open(path)
+        return av.open(path)
+    except av.InvalidDataError as exc:
+        raise MediaError("not_media", f"FFmpeg cannot parse it: {exc}") from exc
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as exc:
         raise MediaError("unreadable", f"{type(exc).__name__}: {exc}") from exc
-    with container:
-        return _decode_open(container, spans, cfg, need_video, need_audio)
 
 
-def _decode_open(container, spans, cfg: MediaConfig, need_video: bool, need_audio: bool) -> SourceMedia:
-    vs = pick_stream(container.streams.video) if need_video else None
+def _select_streams(container, need_video: bool, need_audio: bool):
+    fmt_name = container.format.name
+    is_image = fmt_name.endswith("_pipe") or fmt_name in _IMAGE_FORMATS
+    videos = [s for s in container.streams.video if not _is_attached_picture(s)]
+    vs = pick_stream(videos) if need_video and not is_image else None
     as_ = pick_stream(container.streams.audio) if need_audio else None
-    if vs is not None and (vs.codec_context is None or (vs.frames == 1 and vs.codec_context.name in {"png", "mjpeg", "bmp", "webp", "tiff", "gif"})):
-        vs = None  # an image (or cover art), not a video
-    if vs is not None and container.format.name in {"image2", "png_pipe", "jpeg_pipe", "bmp_pipe", "webp_pipe", "tiff_pipe", "gif"}:
-        vs = None
     if vs is None and as_ is None:
-        raise MediaError("no_streams", "no decodable video or audio stream")
-    starts = [s for s in (_stream_start(vs), _stream_start(as_)) if s is not None]
-    origin = min(starts) if starts else 0.0
-    info = _source_info(container, vs, as_)
-    end_of_source = info["duration"] if info["duration"] else math.inf
-    spans = [(float(s), float(e) if e is not None else end_of_source + 1e3) for s, e in spans]
+        if is_image:
+            raise MediaError("image_file", f"a still image ({fmt_name}), not a video")
+        raise MediaError("no_streams", f"no video{'' if need_video else ' (not wanted)'} and no audio stream")
+    return vs, as_
 
-    samplers = [_SpanSampler(s, e, cfg.fps) for s, e in spans] if vs is not None else []
-    encoder: _JpegEncoder | None = None
-    shown = None  # (frame, time, cached packet)
-    audio_chunks: list[np.ndarray] = []
-    audio_start: float | None = None
-    resampler = None  # made at the first audio frame: sample format only (planar float), native rate
-    native_rate = None
+
+def _is_attached_picture(stream) -> bool:
+    try:
+        return bool(stream.disposition & av.stream.Disposition.attached_pic)
+    except (AttributeError, TypeError):
+        return False
+
+
+class _VideoTrack:
+    """Streams decoded frames into every span's grid, encoding each shown frame once."""
+
+    def __init__(self, spans: list[tuple[float, float]], cfg: MediaConfig, frame_interval: float):
+        self.cfg = cfg
+        self.samplers = [_SpanSampler(s, e, cfg.fps) for s, e in spans]
+        self.frame_interval = frame_interval
+        self.encoder: _JpegEncoder | None = None
+        self.shown = None  # [frame, time, packet or None]
+        self.first_time: float | None = None
+        self.last_time: float | None = None
+
+    def _packet_of_shown(self) -> bytes:
+        if self.shown[2] is None:
+            self.shown[2] = self.encoder.encode(self.shown[0])
+        return self.shown[2]
+
+    def add(self, frame, t: float) -> None:
+        if self.last_time is not None and t <= self.last_time:
+            return  # duplicate or out-of-order timestamp: the first frame shown stays
+        if self.encoder is None:
+            _check_resolution(frame.width, frame.height, self.cfg)
+            self.encoder = _JpegEncoder(frame.width, frame.height, int(getattr(frame, "rotation", 0) or 0), self.cfg)
+            self.first_time = t
+            for sampler in self.samplers:
+                sampler.base = max(sampler.start, t)
+        if self.shown is not None:
+            for sampler in self.samplers:
+                sampler.advance(t, self._packet_of_shown)
+        self.shown = [frame, t, None]
+        self.last_time = t
+
+    def finish(self) -> float | None:
+        """Flush the last frame (shown for one frame interval); returns the video's end time."""
+        if self.shown is None:
+            return None
+        end = self.last_time + self.frame_interval
+        for sampler in self.samplers:
+            sampler.advance(end, self._packet_of_shown)
+        return end
+
+
+class _AudioTrack:
+    def __init__(self):
+        self.resampler = None  # made at the first frame: planar float at the native rate
+        self.native_rate: int | None = None
+        self.start: float | None = None
+        self.chunks: list[np.ndarray] = []
+        self.samples = 0
+
+    def add(self, frame, t: float) -> None:
+        if self.resampler is None:
+            self.start, self.native_rate = t, frame.sample_rate
+            self.resampler = av.AudioResampler(format="fltp", layout=frame.layout.name, rate=self.native_rate)
+        for out in self.resampler.resample(frame):
+            self._append(out)
+
+    def _append(self, out) -> None:
+        mono = _downmix(out)
+        self.chunks.append(mono)
+        self.samples += mono.size
+
+    def end_time(self) -> float | None:
+        return None if self.start is None else self.start + self.samples / self.native_rate
+
+    def finish(self, rate: int) -> np.ndarray:
+        if self.resampler is not None:
+            for out in self.resampler.resample(None):
+                self._append(out)
+        audio = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
+        if audio.size and self.native_rate != rate:
+            audio = resample_audio(audio, self.native_rate, rate)
+        return audio
+
+
+def _decode_path(path, spans, cfg: MediaConfig, need_video: bool, need_audio: bool, seek_to: float | None) -> SourceMedia:
+    container = _open(path)
+    with container:
+        vs, as_ = _select_streams(container, need_video, need_audio)
+        starts = [s for s in (_stream_start(vs), _stream_start(as_)) if s is not None]
+        origin = min(starts) if starts else 0.0
+        info = _source_info(container, vs, as_)
+        far = (info["duration"] or 0.0) + 1e6  # "to the end" for spans without an end
+        spans = [(float(s), float(e) if e is not None else far) for s, e in spans]
+        last_end = max(e for _, e in spans)
+        interval = 1.0 / float(vs.average_rate) if vs is not None and vs.average_rate else 1.0 / cfg.fps
+        video = _VideoTrack(spans, cfg, interval) if vs is not None else None
+        audio = _AudioTrack() if as_ is not None else None
+        for stream in (vs, as_):
+            if stream is not None:
+                stream.codec_context.thread_count = cfg.decoder_threads
+        if seek_to is not None:
+            container.seek(int((seek_to + origin) * av.time_base), backward=True)
+        decode_errors = _demux(container, vs, as_, video, audio, origin, last_end)
+        video_end = video.finish() if video is not None else None
+        audio_pcm = audio.finish(cfg.sample_rate) if audio is not None else np.zeros(0, np.float32)
+
+    if seek_to is not None:
+        info["seek_overshot"] = _seek_overshot(min(s for s, _ in spans), origin, (
+            (video.first_time if video else None, vs), (audio.start if audio else None, as_)))
+    has_video = video is not None and video.encoder is not None
+    if not has_video and not audio_pcm.size:
+        raise MediaError("undecodable", f"no frame and no audio sample decoded ({decode_errors} bad packets)")
+    ends = [t for t in (video_end, audio.end_time() if audio else None) if t is not None]
+    info.update(decode_errors=decode_errors, decoded_end=max(ends), rotation=video.encoder.rotation if has_video else 0,
+                output_width=video.encoder.size[0] if has_video else 0,
+                output_height=video.encoder.size[1] if has_video else 0)
+    media = SourceMedia(info=info)
+    for i, (start, end) in enumerate(spans):
+        clip = ClipMedia(span_start=start, span_end=end if end < far else None)
+        if has_video and video.samplers[i].packets:
+            sampler = video.samplers[i]
+            clip.num_frames = len(sampler.packets)
+            clip.video_offset = sampler.base - start
+            clip.video_mp4 = mux_mjpeg_mp4(sampler.packets, *video.encoder.size, cfg.fps)
+        if audio_pcm.size:
+            _cut_audio(clip, audio_pcm, audio.start, cfg.sample_rate)
+        media.clips.append(clip)
+    return media
+
+
+def _seek_overshot(span_start: float, origin: float, tracks) -> bool:
+    """True when a stream that exists before ``span_start`` was first decoded after it."""
+    for first, stream in tracks:
+        if stream is None:
+            continue
+        stream_start = (_stream_start(stream) or origin) - origin
+        if stream_start < span_start and (first is None or first > span_start + 1e-6):
+            return True
+    return False
+
+
+def _demux(container, vs, as_, video: _VideoTrack | None, audio: _AudioTrack | None, origin: float,
+           last_end: float, max_bad_packets: int = 50) -> int:
+    """Decode packets in file order until every span is covered; returns the bad packet count."""
     decode_errors = 0
-    frame_interval = 1.0 / float(vs.average_rate) if vs is not None and vs.average_rate else 1.0 / cfg.fps
-    if vs is not None:
-        vs.thread_type = "SLICE" if cfg.decoder_threads > 1 else "NONE"
-        vs.codec_context.thread_count = cfg.decoder_threads
-    if as_ is not None:
-        as_.codec_context.thread_count = 1
-
-    def packet_of_shown() -> bytes:
-        nonlocal shown
-        frame, t, cached = shown
-        if cached is None:
-            cached = encoder.encode(frame)
-            shown = (frame, t, cached)
-        return cached
-
     streams = [s for s in (vs, as_) if s is not None]
-    last_video_time = None
     for packet in container.demux(*streams):
         try:
             frames = packet.decode()
         except av.FFmpegError:
             decode_errors += 1
-            if decode_errors > 50:
-                raise MediaError("corrupt", "too many undecodable packets")
+            if decode_errors > max_bad_packets:
+                raise MediaError("corrupt", f"over {max_bad_packets} undecodable packets") from None
             continue
         for frame in frames:
             if packet.stream is vs:
-                fallback = (last_video_time + frame_interval) if last_video_time is not None else 0.0
-                t = _frame_time(frame, fallback) - origin
-                if last_video_time is not None and t <= last_video_time:
-                    continue  # out-of-order or duplicate timestamp: keep the first frame shown
-                if encoder is None:
-                    _check_resolution(frame.width, frame.height, cfg)
-                    encoder = _JpegEncoder(frame.width, frame.height, int(getattr(frame, "rotation", 0) or 0), cfg)
-                    info["rotation"] = encoder.rotation
-                    for sampler in samplers:
-                        sampler.base = max(sampler.start, t)
-                if shown is not None:
-                    for sampler in samplers:
-                        sampler.advance(t, packet_of_shown)
-                shown = (frame, t, None)
-                last_video_time = t
+                fallback = video.last_time + video.frame_interval if video.last_time is not None else 0.0
+                video.add(frame, _frame_time(frame, fallback + origin) - origin)
             else:
-                if audio_start is None:
-                    audio_start = _frame_time(frame, 0.0) - origin
-                    native_rate = frame.sample_rate
-                    resampler = av.AudioResampler(format="fltp", layout=frame.layout.name, rate=native_rate)
-                for out in resampler.resample(frame):
-                    audio_chunks.append(_downmix(out))
-    if resampler is not None:
-        for out in resampler.resample(None):
-            audio_chunks.append(_downmix(out))
-    if shown is not None:
-        for sampler in samplers:
-            sampler.advance(last_video_time + frame_interval, packet_of_shown)
-
-    has_video = encoder is not None and any(s.packets for s in samplers)
-    audio = np.concatenate(audio_chunks) if audio_chunks else np.zeros(0, np.float32)
-    if audio.size and native_rate != cfg.sample_rate:
-        audio = resample_audio(audio, native_rate, cfg.sample_rate)
-    has_audio = audio.size > 0
-    if not has_video and not has_audio:
-        raise MediaError("undecodable", f"no frame or audio sample decoded ({decode_errors} bad packets)")
-    info["decode_errors"] = decode_errors
-    info["decoded_video"] = has_video
-    info["decoded_audio"] = has_audio
-    media = SourceMedia(info=info)
-    for i, (start, end) in enumerate(spans):
-        clip = ClipMedia(span_start=start, span_end=end)
-        if has_video and samplers[i].packets:
-            sampler = samplers[i]
-            clip.num_frames = len(sampler.packets)
-            clip.video_offset = sampler.base - start
-            clip.video_mp4 = mux_mjpeg_mp4(sampler.packets, *encoder.size, cfg.fps)
-        if has_audio:
-            _cut_audio(clip, audio, audio_start, cfg.sample_rate)
-        media.clips.append(clip)
-    media.info["output_width"], media.info["output_height"] = encoder.size if encoder else (0, 0)
-    return media
+                audio.add(frame, _frame_time(frame, 0.0) - origin)
+        video_done = video is None or (video.last_time is not None and video.last_time > last_end)
+        audio_done = audio is None or (audio.end_time() is not None and audio.end_time() > last_end + 0.1)
+        if video_done and audio_done:
+            break  # every span is covered: the rest of the file is not needed
+    return decode_errors
 
 
 def _cut_audio(clip: ClipMedia, audio: np.ndarray, audio_start: float, rate: int) -> None:
     """Cut whole samples of the resampled track that fall inside the span."""
     first = max(0, math.ceil((clip.span_start - audio_start) * rate - 1e-6))
-    last = min(audio.size, math.floor((clip.span_end - audio_start) * rate + 1e-6))
+    span_end = clip.span_end if clip.span_end is not None else math.inf
+    last = min(audio.size, math.floor((span_end - audio_start) * rate + 1e-6)) if span_end < math.inf else audio.size
     if last <= first:
         return
     clip.audio_pcm = _to_int16(audio[first:last])
