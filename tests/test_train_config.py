@@ -1,0 +1,65 @@
+"""Presets (Table S10), overrides, validation and the saved resolved config."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from crisscross.train.config import parse_override, preset_names, resolve_config, save_config
+
+# Table S10: bs, es, ep, lr start/end, predictor lr, LARC
+TABLE_S10 = {
+    "kinetics_sound": (512, 220_000, 100, 2e-4, 0.0, 2e-3, False),
+    "kinetics400": (2048, 1_000_000, 100, 2e-4, 1e-4, 2e-3, True),
+    "audioset": (2048, 3_500_000, 100, 1e-4, 0.0, 1e-3, True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TABLE_S10))
+def test_paper_presets_match_table_s10(name):
+    cfg = resolve_config(name)
+    bs, es, ep, lr, end, pred, larc = TABLE_S10[name]
+    o = cfg["optim"]
+    assert (o["batch_size"], cfg["run"]["epoch_size"], cfg["run"]["epochs"]) == (bs, es, ep)
+    assert (o["lr"], o["end_lr"], o["pred_lr"], o["larc"]) == (lr, end, pred, larc)
+    assert o["pred_lr"] == pytest.approx(10 * o["lr"])
+    assert (o["weight_decay"], o["betas"], o["larc_trust"], o["larc_clip"]) == (1e-4, [0.9, 0.999], 1e-3, True)
+    assert cfg["model"]["width"] == 64 and cfg["model"]["norm"] == "batch" and cfg["run"]["precision"] == "bf16"
+    assert cfg["objective"]["terms"] == ["intra", "sync", "async"]
+
+
+def test_all_presets_resolve():
+    assert {"kinetics_sound", "kinetics400", "audioset", "debug", "demo"} <= set(preset_names())
+    for name in preset_names():
+        resolve_config(name)
+
+
+def test_overrides_are_typed_and_validated():
+    cfg = resolve_config("debug", ["optim.lr=1e-4", "objective.terms=[sync, intra]", "run.max_steps=3",
+                                   "model.norm=group", "data.anything=1"])
+    assert cfg["optim"]["lr"] == 1e-4 and isinstance(cfg["optim"]["lr"], float)
+    assert cfg["objective"]["terms"] == ["sync", "intra"] and cfg["run"]["max_steps"] == 3
+    assert cfg["data"]["anything"] == 1  # the loader's own keys are validated by the loader
+    assert parse_override("a.b.c=[1, 2]") == {"a": {"b": {"c": [1, 2]}}}
+    with pytest.raises(ValueError, match="unknown config key 'optim.learning_rate'"):
+        resolve_config("debug", ["optim.learning_rate=1"])
+    with pytest.raises(ValueError, match="expected a number"):
+        resolve_config("debug", ["optim.lr=fast"])
+    with pytest.raises(ValueError, match="run.precision"):
+        resolve_config("debug", ["run.precision=fp8"])
+    with pytest.raises(ValueError, match="unknown objective terms"):
+        resolve_config("debug", ["objective.terms=[intra, bogus]"])
+    with pytest.raises(ValueError, match="not of the form"):
+        resolve_config("debug", ["optim.lr"])
+    with pytest.raises(FileNotFoundError, match="presets"):
+        resolve_config("no_such_preset")
+
+
+def test_yaml_file_with_base_and_saved_config_round_trip(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("base: kinetics400\noptim:\n  batch_size: 4096\n")
+    cfg = resolve_config(str(path))
+    assert cfg["optim"]["batch_size"] == 4096 and cfg["optim"]["larc"] is True and cfg["optim"]["end_lr"] == 1e-4
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    assert resolve_config(str(tmp_path / "run" / "config.yaml")) == cfg
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text()) == cfg
