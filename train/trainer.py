@@ -289,6 +289,19 @@ def resume_from(resume: str | None, run_dir: Path) -> Path | None:
 
 
 # ------------------------------------------------------------------------------------ training
+def train_step(model: nn.Module, objective: CrissCrossObjective, optimizer: Any, scaler: torch.amp.GradScaler,
+               autocast: Any, views: dict[str, torch.Tensor]):
+    """One optimizer step; returns (loss, sub-losses, outputs) without synchronizing the device."""
+    with autocast:
+        outputs = model(views)
+    loss, sublosses = objective(outputs)  # computed in float32, outside autocast
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)  # GradScaler unscales first, so LARC sees true gradient norms
+    scaler.update()
+    return loss, sublosses, outputs
+
+
 def train(config: dict[str, Any], resume: str | None = None) -> dict[str, Any]:
     """Run (or continue) pretraining as configured; returns a summary dict (rank 0's view)."""
     env = setup_distributed(config["run"])
@@ -379,13 +392,7 @@ def _train(config: dict[str, Any], resume: str | None, env: DistEnv) -> dict[str
                      for k, v in views.items()}
 
         rates = set_learning_rates(optimizer, step, schedule)
-        with autocast:
-            outputs = model(views)
-        loss, sublosses = objective(outputs)  # computed in float32, outside autocast
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        loss, sublosses, outputs = train_step(model, objective, optimizer, scaler, autocast, views)
 
         nonfinite |= ~torch.isfinite(loss.detach())
         values = torch.stack([loss.detach(), *sublosses.values()])

@@ -1,0 +1,210 @@
+"""Training throughput: end-to-end (DALI loader on real shards) vs the ceiling (synthetic tensors on the device).
+
+Both runs use the trainer's own ``train_step`` on the same model, optimizer and precision. The
+ceiling feeds one pre-made batch that already sits on the device, so it measures the model alone;
+end-to-end reads the shards through ``crisscross.shards.loader``. Reported: clips/s of both
+(``ours`` = end-to-end, ``baseline`` = ceiling, ``ratio`` = ours / baseline), the fraction of
+end-to-end wall time spent waiting for data, FLOPs per clip (``torch.utils.flop_counter``, forward
++ backward) and model FLOPs utilization (MFU) against the device's dense peak: the spec-sheet bf16
+figure for known GPUs, a measured float32 matmul rate on CPUs.
+
+    crisscross bench train                                   # CPU: demo preset (tiny model), demo shards
+    crisscross bench train --device cuda --preset kinetics_sound --batch 64 --channels-last --shards DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# dense bf16 tensor-core peaks (no sparsity), TFLOP/s, from NVIDIA's data sheets
+GPU_PEAK_TFLOPS = {"H100 80GB HBM3": 989.4, "H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--preset", default=None, help="training preset (default: demo on cpu, kinetics_sound on cuda)")
+    parser.add_argument("--shards", type=Path, default=None,
+                        help="dataset directory of shards; default on CPU: demo clips built into a temp dir")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default: the preset's, capped at 16 on CPU)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default 10 cpu / 50 cuda)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each run")
+    parser.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default=None)
+    parser.add_argument("--channels-last", action="store_true", help="channels_last_3d for the video branch")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
+    parser.add_argument("--loader-threads", type=int, default=None, help="DALI threads (data.num_threads)")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="extra config overrides")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from crisscross.train.config import resolve_config
+
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda but no CUDA device is visible")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    preset = args.preset or ("kinetics_sound" if cuda else "demo")
+    overrides = [f"run.device={args.device}", "run.loader=dali", f"run.channels_last={str(args.channels_last).lower()}",
+                 f"run.compile={str(args.compile).lower()}", *args.overrides]
+    if args.precision:
+        overrides.append(f"run.precision={args.precision}")
+    if args.loader_threads:
+        overrides.append(f"data.num_threads={args.loader_threads}")
+    config = resolve_config(preset, overrides)
+    batch = args.batch or (config["optim"]["batch_size"] if cuda else min(16, config["optim"]["batch_size"]))
+    config["optim"]["batch_size"] = batch
+    steps = args.steps or (50 if cuda else 10)
+
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        config["data"]["shards"] = str(args.shards or _demo_shards(Path(tmp)))
+        bench = _Bench(config)
+        ceiling = bench.time_synthetic(steps, args.warmup)
+        end_to_end, data_wait = bench.time_loader(steps, args.warmup)
+    flops_per_clip = bench.flops_per_step / batch
+    peak, peak_source = _peak_flops(bench.device)
+    return {
+        "ours": round(end_to_end, 2), "baseline": round(ceiling, 2), "ratio": round(end_to_end / ceiling, 3),
+        "unit": "clips/s", "device": _device_name(bench.device),
+        "data_wait_frac": round(data_wait, 3),
+        "mfu_end_to_end": round(end_to_end * flops_per_clip / peak, 4),
+        "mfu_ceiling": round(ceiling * flops_per_clip / peak, 4),
+        "gflops_per_clip": round(flops_per_clip / 1e9, 3), "peak_tflops": round(peak / 1e12, 3),
+        "peak_source": peak_source, "preset": preset, "batch": batch, "steps": steps,
+        "precision": config["run"]["precision"], "channels_last": args.channels_last, "compile": args.compile,
+        "threads": torch.get_num_threads(),
+        "input": {k: list(v.shape) for k, v in bench.example.items()},
+    }
+
+
+class _Bench:
+    """The trainer's model/optimizer/step on one device, timed on two data sources."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        from contextlib import nullcontext
+
+        from crisscross.train.objective import CrissCrossObjective, ObjectiveConfig
+        from crisscross.train.optim import Schedule, build_optimizer, parameter_groups, set_learning_rates
+        from crisscross.train.trainer import DTYPES, build_loader, build_model, setup_distributed
+
+        self.config = config
+        self.env = setup_distributed(config["run"])
+        self.device = self.env.device
+        objective_cfg = ObjectiveConfig.from_dict(config["objective"])
+        self.views = objective_cfg.views
+        self.objective = CrissCrossObjective(objective_cfg)
+        self.model, raw = build_model(config, objective_cfg, self.env)
+        o = config["optim"]
+        self.optimizer = build_optimizer(parameter_groups(raw), weight_decay=o["weight_decay"], betas=o["betas"],
+                                         larc=o["larc"], larc_trust=o["larc_trust"], larc_clip=o["larc_clip"])
+        set_learning_rates(self.optimizer, 10, Schedule(o["lr"], o["end_lr"], o["pred_lr"], 0, 100))
+        precision = config["run"]["precision"]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+        self.autocast = (torch.autocast(self.device.type, dtype=DTYPES[precision])
+                         if precision != "fp32" else nullcontext())
+        self.loader = build_loader(config, self.env, config["optim"]["batch_size"])
+        first = next(iter(self.loader))
+        self.example = {k: first[k] for k in self.views}
+        self.flops_per_step = self._count_flops()
+
+    def _views(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        views = {k: batch[k] for k in self.views}
+        if self.config["run"]["channels_last"]:
+            views = {k: v.contiguous(memory_format=torch.channels_last_3d) if k[0] == "v" else v
+                     for k, v in views.items()}
+        return views
+
+    def _step(self, views: dict[str, torch.Tensor]) -> torch.Tensor:
+        from crisscross.train.trainer import train_step
+        return train_step(self.model, self.objective, self.optimizer, self.scaler, self.autocast, views)[0]
+
+    def _count_flops(self) -> float:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        with counter:
+            self._step(self._views(self.example))
+        return float(counter.get_total_flops())
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def time_synthetic(self, steps: int, warmup: int) -> float:
+        views = {k: v.clone() for k, v in self._views(self.example).items()}  # already on the device
+        for _ in range(warmup):
+            self._step(views)
+        self._sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            self._step(views)
+        self._sync()
+        return steps * self.config["optim"]["batch_size"] / (time.perf_counter() - start)
+
+    def time_loader(self, steps: int, warmup: int) -> tuple[float, float]:
+        from crisscross.train.trainer import BatchStream
+
+        stream = BatchStream(self.loader)
+        for _ in range(warmup):
+            self._step(self._views(stream.next()))
+        self._sync()
+        waited, start = 0.0, time.perf_counter()
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            batch = stream.next()
+            waited += time.perf_counter() - t0
+            self._step(self._views(batch))
+        self._sync()
+        elapsed = time.perf_counter() - start
+        return steps * self.config["optim"]["batch_size"] / elapsed, waited / elapsed
+
+
+def _demo_shards(tmp: Path) -> Path:
+    from crisscross.preprocess.build import build_shards
+    from crisscross.tools.demo_data import generate_demo_clips
+
+    manifest = generate_demo_clips(tmp / "clips", num_classes=4, clips_per_class=8, seconds=4.0)
+    out = tmp / "shards"
+    build_shards(manifest, out, name="demo")
+    return out
+
+
+def _peak_flops(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, tflops in GPU_PEAK_TFLOPS.items():
+            if key in name:
+                return tflops * 1e12, f"spec sheet dense bf16 ({key})"
+        return _measured_matmul_flops(device, torch.bfloat16), "measured bf16 matmul"
+    return _measured_matmul_flops(device, torch.float32), "measured fp32 matmul (torch.mm 1024^2)"
+
+
+def _measured_matmul_flops(device: torch.device, dtype: torch.dtype, n: int = 1024, seconds: float = 1.0) -> float:
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    torch.mm(a, b)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        count += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return 2 * n**3 * count / (time.perf_counter() - start)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"cpu: {line.split(':', 1)[1].strip()} x{torch.get_num_threads()} threads"
+    except OSError:
+        pass
+    return f"cpu: {platform.processor()}"
