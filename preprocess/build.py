@@ -52,7 +52,7 @@ class BuildConfig:
     sample_rate: int = fmt.DEFAULT_SAMPLE_RATE
     clip_seconds: float | None = None  # cut sources into clips of this length
     min_seconds: float = 1.0  # a sample shorter than this is rejected as too_short
-    shard_size_bytes: int = 1 << 30  # target; shards hold a fixed sample count estimated from it
+    shard_size_bytes: int = 1_000_000_000  # target (~1 GB); shards hold a fixed sample count estimated from it
     samples_per_shard: int | None = None  # overrides the estimate
     seed: int = 0
     audio_format: str = "pcm"
@@ -352,14 +352,28 @@ def _error_row(spec: SampleSpec, err: media.MediaError) -> dict:
             "clip_index": spec.clip_index, "reason": err.reason, "detail": err.detail[:500]}
 
 
+def _remove_leftovers(out_dir: Path, tar_path: Path, shard: int) -> None:
+    """A killed run may have left this shard half-written; only this shard's task writes these."""
+    idx = idx_path_for(tar_path)
+    stale = [tar_path, idx, *out_dir.glob(f".{tar_path.name}.tmp-*"), *out_dir.glob(f".{idx.name}.tmp-*"),
+             *(out_dir / PARTS_DIR).glob(f".{shard:06d}.json.tmp-*")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+
+
+def _remove_temp_files(out_dir: Path) -> None:
+    """At merge every task is done: any temp file left is from a killed process."""
+    for path in [*out_dir.glob(".*.tmp-*"), *(out_dir / PARTS_DIR).glob(".*.tmp-*")]:
+        path.unlink(missing_ok=True)
+
+
 def write_shard(out_dir: Path, plan: dict, shard: int, progress=None) -> dict:
     """Build shard ``shard`` of ``plan`` from scratch (idempotent: same bytes every time)."""
     cfg = BuildConfig(**plan["config"])
     specs = [_spec_from_json(d) for d in plan["shards"][shard]]
     label_index = {label: i for i, label in enumerate(plan["labels"])}
     tar_path = out_dir / fmt.shard_name(cfg.name, shard)
-    for stale in (tar_path, idx_path_for(tar_path)):
-        stale.unlink(missing_ok=True)  # a partial shard from an earlier, killed run
+    _remove_leftovers(out_dir, tar_path, shard)
     by_source: dict[str, list[SampleSpec]] = {}
     for spec in specs:
         by_source.setdefault(spec.item.source_id, []).append(spec)
@@ -427,6 +441,7 @@ def merge(out_dir: str | Path) -> BuildStats:
     missing = [j for j in range(len(plan["shards"])) if not shard_is_complete(out_dir, cfg, j)]
     if missing:
         raise RuntimeError(f"{len(missing)} shard(s) not complete yet (e.g. {missing[:5]}); run the missing tasks first")
+    _remove_temp_files(out_dir)
     parts = [json.loads(part_path(out_dir, j).read_text()) for j in range(len(plan["shards"]))]
     rows = [row for p in parts for row in p["samples"]]
     errors = [e for p in parts for e in p["errors"]]
@@ -479,7 +494,7 @@ def _write_parquet(path: Path, rows: list[dict], schema) -> None:
 
 def build_shards(input: str | Path, out_dir: str | Path, *, name: str | None = None, fps: int = fmt.DEFAULT_FPS,
                  short_side: int = fmt.DEFAULT_SHORT_SIDE, sample_rate: int = fmt.DEFAULT_SAMPLE_RATE,
-                 clip_seconds: float | None = None, shard_size_bytes: int = 1 << 30, workers: int = 1,
+                 clip_seconds: float | None = None, shard_size_bytes: int = 1_000_000_000, workers: int = 1,
                  seed: int = 0, audio_format: str = "pcm", engine: str = "local", num_tasks: int = 1,
                  task_index: int = 0, address: str | None = None, progress: bool = True,
                  **config) -> BuildStats:

@@ -443,10 +443,10 @@ def _demux(container, vs, as_, video: _VideoTrack | None, audio: _AudioTrack | N
 
 
 def _cut_audio(clip: ClipMedia, audio: np.ndarray, audio_start: float, rate: int) -> None:
-    """Cut whole samples of the resampled track that fall inside the span."""
+    """Keep the samples n with span_start <= audio_start + n / rate < span_end."""
     first = max(0, math.ceil((clip.span_start - audio_start) * rate - 1e-6))
     span_end = clip.span_end if clip.span_end is not None else math.inf
-    last = min(audio.size, math.floor((span_end - audio_start) * rate + 1e-6)) if span_end < math.inf else audio.size
+    last = min(audio.size, math.ceil((span_end - audio_start) * rate - 1e-6)) if span_end < math.inf else audio.size
     if last <= first:
         return
     clip.audio_pcm = _to_int16(audio[first:last])

@@ -34,7 +34,7 @@ def _register_build(sub) -> None:
                    help="modalities a kept sample must have (any: keep what exists)")
     p.add_argument("--audio-format", default="pcm", choices=("pcm", "flac"))
     p.add_argument("--jpeg-qscale", type=int, default=3, help="MJPEG quantizer 2 (best)..31")
-    p.add_argument("--shard-size", type=float, default=1024.0, help="target shard size in MB")
+    p.add_argument("--shard-size", type=float, default=1000.0, help="target shard size in MB (1e6 bytes)")
     p.add_argument("--samples-per-shard", type=int, default=None, help="fixed count (overrides --shard-size)")
     p.add_argument("--seed", type=int, default=0, help="cross-shard shuffle seed")
     p.add_argument("--item-timeout", type=float, default=600.0, help="seconds per source before it is an error")
