@@ -35,7 +35,7 @@ import numpy as np
 from crisscross.preprocess import media
 from crisscross.preprocess.sources import SourceItem, load_sources
 from crisscross.shards import format as fmt
-from crisscross.shards.writer import ShardWriter, idx_path_for
+from crisscross.shards.writer import ShardWriter, idx_path_for, sample_digest
 
 PLAN_FILE = "_plan.json"
 PARTS_DIR = "_parts"
@@ -397,6 +397,7 @@ def write_shard(out_dir: Path, plan: dict, shard: int, progress=None) -> dict:
             else:
                 comps, row = _components(spec, clip, info, cfg, label_index.get(spec.item.label, -1))
                 row["bytes"] = writer.add(spec.key, comps)
+                row["sha256"] = sample_digest(comps)
                 row["shard"] = tar_path.name
                 rows.append(row)
             remaining[sid] -= 1
@@ -472,7 +473,7 @@ def _MANIFEST_SCHEMA(pa):  # noqa: N802 - a schema constant built lazily (pyarro
                       ("label_index", pa.int64()), ("split", pa.string()), ("fold", pa.int64()),
                       ("modalities", pa.string()), ("duration", pa.float64()), ("frames", pa.int64()),
                       ("audio_samples", pa.int64()), ("bytes", pa.int64()), ("source", pa.string()),
-                      ("clip_index", pa.int64()), ("t0", pa.float64())])
+                      ("clip_index", pa.int64()), ("t0", pa.float64()), ("sha256", pa.string())])
 
 
 def _ERRORS_SCHEMA(pa):  # noqa: N802

@@ -10,7 +10,7 @@ import numpy as np
 
 from crisscross.shards import format as fmt
 from crisscross.shards.reader import decode_sample, iter_raw, read_dataset
-from crisscross.shards.writer import IDX_VERSION
+from crisscross.shards.writer import IDX_VERSION, sample_digest
 
 
 def summarize(root: str | Path) -> dict:
@@ -122,6 +122,8 @@ def _check_sample(key: str, group: dict, row: dict | None, shard: str, decode: b
         problems.append(f"manifest says shard {row['shard']}, found in {shard}")
     if row["bytes"] != sum(len(v) for v in group.values()):
         problems.append("byte count differs from the manifest")
+    if row.get("sha256") and row["sha256"] != sample_digest(group):
+        problems.append("checksum differs from the manifest (damaged member)")
     try:
         sample = decode_sample(key, group, video=decode)
     except Exception as exc:  # noqa: BLE001 - report, keep verifying the rest

@@ -12,6 +12,7 @@ instead of re-reading the tar: a first line ``v1.2 <num_samples>``, then per sam
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tarfile
@@ -20,6 +21,15 @@ from pathlib import Path
 
 _BLOCK = tarfile.BLOCKSIZE
 IDX_VERSION = "v1.2"
+
+
+def sample_digest(components: dict[str, bytes]) -> str:
+    """sha256 over a sample's members (extension and bytes, in order): the manifest's checksum."""
+    h = hashlib.sha256()
+    for ext in sorted(components):
+        h.update(ext.encode() + b"\0" + len(components[ext]).to_bytes(8, "little"))
+        h.update(components[ext])
+    return h.hexdigest()
 
 
 def idx_path_for(tar_path: Path) -> Path:

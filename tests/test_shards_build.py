@@ -145,3 +145,31 @@ def test_rerun_gives_identical_bytes(built, tmp_path):
     a, b = _digests(out), _digests(again)
     a.pop("_plan.json"), b.pop("_plan.json")  # holds the input path only
     assert a == b
+
+
+def test_cli_inspect_dumps_frames_and_audio_and_verify_catches_damage(built, tmp_path, capsys):
+    import shutil
+
+    import soundfile
+    from PIL import Image
+
+    from crisscross.tools.cli import main
+
+    _, out, _ = built
+    row = next(r for r in read_dataset(out).manifest if r["source"] == "grid_lipnet/bbaf2n.mpg")
+    assert main(["shards", "inspect", str(out), "--key", row["key"], "--dump", str(tmp_path / "dump")]) == 0
+    assert "6 samples in 2 shards" in capsys.readouterr().out
+    pngs = sorted((tmp_path / "dump").glob("frame_*.png"))
+    assert len(pngs) == row["frames"] and Image.open(pngs[0]).size == (140, 112)
+    audio, rate = soundfile.read(tmp_path / "dump" / "audio.wav")
+    assert rate == 16000 and len(audio) == row["audio_samples"]
+
+    assert main(["shards", "verify", str(out)]) == 0
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out, damaged)
+    shard = damaged / row["shard"]
+    data = bytearray(shard.read_bytes())
+    data[2000:2010] = b"\x00" * 10  # inside the first member's payload
+    shard.write_bytes(bytes(data))
+    assert main(["shards", "verify", str(damaged)]) == 1
+    assert "PROBLEM" in capsys.readouterr().out
