@@ -344,7 +344,7 @@ def _train(config: dict[str, Any], resume: str | None, env: DistEnv) -> dict[str
     checkpoint_file = resume_from(resume, run_dir) if env.is_main else None
     checkpoint_file = gather_objects(str(checkpoint_file) if checkpoint_file else None, env)[0]
     if checkpoint_file:
-        state = load_checkpoint(checkpoint_file, map_location=env.device)
+        state = load_checkpoint(checkpoint_file, map_location="cpu")  # RNG states must stay on the CPU
         raw.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
