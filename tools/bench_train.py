@@ -102,7 +102,8 @@ class _Bench:
         self.model, raw = build_model(config, objective_cfg, self.env)
         o = config["optim"]
         self.optimizer = build_optimizer(parameter_groups(raw), weight_decay=o["weight_decay"], betas=o["betas"],
-                                         larc=o["larc"], larc_trust=o["larc_trust"], larc_clip=o["larc_clip"])
+                                         larc=o["larc"], larc_trust=o["larc_trust"], larc_clip=o["larc_clip"],
+                                         fused=self.device.type == "cuda")
         set_learning_rates(self.optimizer, 10, Schedule(o["lr"], o["end_lr"], o["pred_lr"], 0, 100))
         precision = config["run"]["precision"]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
