@@ -215,10 +215,10 @@ def _frame_time(frame, fallback: float) -> float:
     return float(t) if t is not None else fallback
 
 
-def _downmix(frame: av.AudioFrame) -> np.ndarray:
+def _downmix(planar: np.ndarray) -> np.ndarray:
     """Mono = the mean of the channels (FFmpeg's default matrix would add them at -3 dB, which
     can clip correlated stereo)."""
-    return frame.to_ndarray().mean(axis=0, dtype=np.float32)
+    return planar[0].astype(np.float32) if planar.shape[0] == 1 else planar.mean(axis=0, dtype=np.float32)
 
 
 def resample_audio(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
@@ -342,9 +342,9 @@ class _AudioTrack:
             self._append(out)
 
     def _append(self, out) -> None:
-        mono = _downmix(out)
-        self.chunks.append(mono)
-        self.samples += mono.size
+        planar = out.to_ndarray()  # [channels, samples]; averaged once at the end (cheaper per frame)
+        self.chunks.append(planar)
+        self.samples += planar.shape[1]
 
     def end_time(self) -> float | None:
         return None if self.start is None else self.start + self.samples / self.native_rate
@@ -353,7 +353,7 @@ class _AudioTrack:
         if self.resampler is not None:
             for out in self.resampler.resample(None):
                 self._append(out)
-        audio = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
+        audio = _downmix(np.concatenate(self.chunks, axis=1)) if self.chunks else np.zeros(0, np.float32)
         if audio.size and self.native_rate != rate:
             audio = resample_audio(audio, self.native_rate, rate)
         return audio
