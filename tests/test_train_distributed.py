@@ -64,3 +64,29 @@ def _initial_state() -> dict[str, torch.Tensor]:
     cfg = resolve_config("debug", COMMON)
     torch.manual_seed(cfg["run"]["seed"])
     return CrissCrossModel(ModelConfig.from_dict(cfg["model"])).state_dict()
+
+
+def test_sigterm_to_torchrun_checkpoints_every_rank_and_exits(tmp_path):
+    """torchrun forwards SIGTERM to its workers; they agree on a step, save one checkpoint, exit."""
+    import signal
+    import time
+
+    run_dir = tmp_path / "preempted"
+    cli = ["-m", "crisscross.tools.cli", "pretrain", "--config", "debug"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    process = subprocess.Popen([*torchrun, *cli, f"run.dir={run_dir}", "run.epochs=20", "synthetic.delay_s=0.2",
+                                "run.tensorboard=false"], env=_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    while not (run_dir / "checkpoints" / "step-000000004.pt").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "run ended or hung before step 4"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=90)
+    assert "stop signal received" in out
+    summary = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
+    assert summary["status"] == "preempted"
+    state = load_checkpoint(find_latest(run_dir))
+    assert state["step"] == summary["step"] >= 4 and state["world_size"] == 2
+    # both ranks' loader positions are saved: 32 samples / global batch 8 = 4 batches per epoch
+    assert [4 * s["epoch"] + s["next_batch"] for s in state["loader"]] == [state["step"]] * 2
