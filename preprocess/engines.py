@@ -14,12 +14,16 @@ from tqdm import tqdm
 
 ENGINES = ("local", "ray")
 
-_progress_queue = None  # set in pool workers by _init_worker
+# set once per pool worker by _init_worker, so that a task only carries its shard number
+# (the plan can list millions of samples: it must not be pickled per task)
+_progress_queue = None
+_worker_job: tuple[Path, dict] | None = None
 
 
-def _init_worker(queue) -> None:
-    global _progress_queue
+def _init_worker(queue, out_dir: str, plan: dict) -> None:
+    global _progress_queue, _worker_job
     _progress_queue = queue
+    _worker_job = (Path(out_dir), plan)
 
 
 def _tick(n: int) -> None:
@@ -27,11 +31,11 @@ def _tick(n: int) -> None:
         _progress_queue.put(n)
 
 
-def _pool_task(args: tuple) -> int:
+def _pool_task(shard: int) -> int:
     from crisscross.preprocess.build import write_shard
 
-    out_dir, plan, shard = args
-    write_shard(Path(out_dir), plan, shard, progress=_tick)
+    out_dir, plan = _worker_job
+    write_shard(out_dir, plan, shard, progress=_tick)
     return shard
 
 
@@ -64,9 +68,9 @@ def _run_pool(out_dir: Path, plan: dict, shards: list[int], workers: int, bar: t
     # that matter here (no decoder runs in the parent)
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
-    with ctx.Pool(processes=min(workers, len(shards)), initializer=_init_worker, initargs=(queue,),
-                  maxtasksperchild=16) as pool:
-        pending = pool.imap_unordered(_pool_task, [(str(out_dir), plan, j) for j in shards])
+    with ctx.Pool(processes=min(workers, len(shards)), initializer=_init_worker,
+                  initargs=(queue, str(out_dir), plan)) as pool:  # fork: initargs are inherited, not pickled
+        pending = pool.imap_unordered(_pool_task, shards)
         done = 0
         while done < len(shards):
             _drain(queue, bar)
