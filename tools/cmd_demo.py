@@ -103,7 +103,9 @@ def run_demo(
 
     started = _step("2/4 building shards (16 fps, 112 px, 16 kHz)")
     shards = out / "shards"
-    build_shards(manifest, shards, name="demo", workers=workers, seed=seed)
+    # small shards so that the build spreads over the workers and every DDP rank gets some
+    per_shard = max(4, (classes * clips_per_class) // 8)
+    build_shards(manifest, shards, name="demo", workers=workers, seed=seed, samples_per_shard=per_shard)
     timings["shards"] = time.perf_counter() - started
 
     started = _step(f"3/4 pretraining the tiny model with CrissCross on {device}")
