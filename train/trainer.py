@@ -17,7 +17,7 @@ import random
 import signal
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -320,130 +320,166 @@ def train(config: dict[str, Any], resume: str | None = None) -> dict[str, Any]:
             dist.destroy_process_group()
 
 
-def _train(config: dict[str, Any], resume: str | None, env: DistEnv) -> dict[str, Any]:
-    run = config["run"]
-    run_dir = Path(run["dir"])
-    global_batch = int(config["optim"]["batch_size"])
+@dataclass
+class Setup:
+    """Everything the loop needs, built identically on every rank."""
+
+    model: nn.Module          # what is called (DDP / compiled wrapper)
+    raw: nn.Module            # what is saved (the plain CrissCrossModel)
+    objective: CrissCrossObjective
+    optimizer: Any            # Adam, or LARC around it
+    scaler: torch.amp.GradScaler
+    autocast: Any
+    loader: Any
+    schedule: Schedule
+    steps_per_epoch: int
+    last_step: int
+    global_batch: int
+
+
+def build_setup(config: dict[str, Any], env: DistEnv) -> Setup:
+    run, optim_cfg = config["run"], config["optim"]
+    global_batch = int(optim_cfg["batch_size"])
     if global_batch % env.world_size:
         raise ValueError(f"optim.batch_size={global_batch} is not divisible by world size {env.world_size}")
-    batch_per_rank = global_batch // env.world_size
-
     objective_cfg = ObjectiveConfig.from_dict(config["objective"])
-    objective = CrissCrossObjective(objective_cfg)
     model, raw = build_model(config, objective_cfg, env)
-    optim_cfg = config["optim"]
     optimizer = build_optimizer(parameter_groups(raw), weight_decay=float(optim_cfg["weight_decay"]),
                                 betas=tuple(optim_cfg["betas"]), larc=bool(optim_cfg["larc"]),
                                 larc_trust=float(optim_cfg["larc_trust"]), larc_clip=bool(optim_cfg["larc_clip"]),
                                 fused=env.device.type == "cuda")
     precision = run["precision"]
     scaler = torch.amp.GradScaler(env.device.type, enabled=precision == "fp16")
-    autocast = (torch.autocast(env.device.type, dtype=DTYPES[precision]) if precision != "fp32" else nullcontext())
-
-    loader = build_loader(config, env, batch_per_rank)
-    passes_len = len(loader)
-    if passes_len < 1:
-        raise ValueError(f"the data gives no full batch of {batch_per_rank} per rank")
-    steps_per_epoch = int(run["epoch_size"]) // global_batch if run["epoch_size"] else passes_len
+    autocast = torch.autocast(env.device.type, dtype=DTYPES[precision]) if precision != "fp32" else nullcontext()
+    loader = build_loader(config, env, global_batch // env.world_size)
+    if len(loader) < 1:
+        raise ValueError(f"the data gives no full batch of {global_batch // env.world_size} per rank")
+    steps_per_epoch = int(run["epoch_size"]) // global_batch if run["epoch_size"] else len(loader)
     schedule = schedule_for(config, steps_per_epoch)
     last_step = schedule.total_steps if run["max_steps"] is None else min(int(run["max_steps"]), schedule.total_steps)
+    return Setup(model, raw, CrissCrossObjective(objective_cfg), optimizer, scaler, autocast, loader, schedule,
+                 steps_per_epoch, last_step, global_batch)
 
-    # ---- resume
-    start_step = 0
+
+def restore(setup: Setup, checkpoint_file: str, env: DistEnv) -> int:
+    """Load a checkpoint into the setup; returns the step to continue from."""
+    state = load_checkpoint(checkpoint_file, map_location="cpu")  # RNG states must stay on the CPU
+    setup.raw.load_state_dict(state["model"])
+    setup.optimizer.load_state_dict(state["optimizer"])
+    setup.scaler.load_state_dict(state["scaler"])
+    if state["world_size"] == env.world_size:
+        setup.loader.load_state_dict(state["loader"][env.rank])
+        restore_rng(state["rng"][env.rank], env.device)
+    elif env.is_main:
+        print(f"warning: checkpoint was written by {state['world_size']} ranks, now {env.world_size}: "
+              "the data order restarts (loader positions are per rank)")
+    return int(state["step"])
+
+
+class IntervalMeter:
+    """Sums sub-losses on the device (no per-step sync) and data-wait time between log records."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, self.data_wait, self.steps, self.sums = time.perf_counter(), 0.0, 0, None
+
+    def add(self, values: torch.Tensor) -> None:
+        self.sums = values if self.sums is None else self.sums + values
+        self.steps += 1
+
+    def metrics(self, names: list[str], global_batch: int, env: DistEnv) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.start
+        local = torch.cat([self.sums / self.steps, torch.tensor([self.data_wait / elapsed], device=self.sums.device)])
+        means = reduce_mean(local, env).tolist()
+        return {**dict(zip(names, means[:-1])), "perf/clips_per_s": self.steps * global_batch / elapsed,
+                "perf/data_wait_frac": means[-1]}
+
+
+def _train(config: dict[str, Any], resume: str | None, env: DistEnv) -> dict[str, Any]:
+    run = config["run"]
+    run_dir = Path(run["dir"])
+    setup = build_setup(config, env)
     checkpoint_file = resume_from(resume, run_dir) if env.is_main else None
     checkpoint_file = gather_objects(str(checkpoint_file) if checkpoint_file else None, env)[0]
-    if checkpoint_file:
-        state = load_checkpoint(checkpoint_file, map_location="cpu")  # RNG states must stay on the CPU
-        raw.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start_step = int(state["step"])
-        if state["world_size"] == env.world_size:
-            loader.load_state_dict(state["loader"][env.rank])
-            restore_rng(state["rng"][env.rank], env.device)
-        elif env.is_main:
-            print(f"warning: checkpoint was written by {state['world_size']} ranks, now {env.world_size}: "
-                  "the data order restarts (loader positions are per rank)")
-        del state
+    start_step = restore(setup, checkpoint_file, env) if checkpoint_file else 0
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
 
     stop = StopFlag()
     stop.install()
-    logger = RunLogger(run_dir, config, start_step, last_step, env.is_main)
+    logger = RunLogger(run_dir, config, start_step, setup.last_step, env.is_main)
     if checkpoint_file:
         logger.message(f"resumed from {checkpoint_file} at step {start_step}")
-    stream = BatchStream(loader)
-    model.train()
-
+    stream, meter = BatchStream(setup.loader), IntervalMeter()
     log_every, ckpt_every = max(int(run["log_every"]), 1), max(int(run["checkpoint_every"]), 1)
-    channels_last = bool(run["channels_last"])
-    views_needed = objective_cfg.views
-    interval_start, data_wait, interval_steps = time.perf_counter(), 0.0, 0
-    sums: torch.Tensor | None = None
+    views_needed = setup.objective.cfg.views
     nonfinite = torch.zeros((), dtype=torch.bool, device=env.device)
     saved_step, status, metrics = start_step, "completed", {}
+    save = lambda step: write_checkpoint(run_dir, step, config, setup.raw, setup.optimizer,  # noqa: E731
+                                         setup.scaler, setup.loader, env)
+    setup.model.train()
 
-    for step in range(start_step, last_step):
+    for step in range(start_step, setup.last_step):
         if all_ranks_max(stop.signal is not None, env):
-            write_checkpoint(run_dir, step, config, raw, optimizer, scaler, loader, env)
+            save(step)
             logger.message(f"stop signal received: saved the checkpoint of step {step} and exiting")
             status, saved_step = "preempted", step
             break
 
         waited = time.perf_counter()
         batch = stream.next()
-        data_wait += time.perf_counter() - waited
+        meter.data_wait += time.perf_counter() - waited
         views = {name: batch[name] for name in views_needed}
-        if channels_last:
+        if run["channels_last"]:
             views = {k: v.contiguous(memory_format=torch.channels_last_3d) if k[0] == "v" else v
                      for k, v in views.items()}
 
-        rates = set_learning_rates(optimizer, step, schedule)
-        loss, sublosses, outputs = train_step(model, objective, optimizer, scaler, autocast, views)
-
+        rates = set_learning_rates(setup.optimizer, step, setup.schedule)
+        loss, sublosses, outputs = train_step(setup.model, setup.objective, setup.optimizer, setup.scaler,
+                                              setup.autocast, views)
         nonfinite |= ~torch.isfinite(loss.detach())
-        values = torch.stack([loss.detach(), *sublosses.values()])
-        sums = values if sums is None else sums + values
-        interval_steps += 1
+        meter.add(torch.stack([loss.detach(), *sublosses.values()]))
         logger.step()
         done = step + 1
 
-        at_log, at_ckpt = done % log_every == 0 or done == last_step, done % ckpt_every == 0 or done == last_step
-        if at_log or at_ckpt:
-            if all_ranks_max(bool(nonfinite.item()), env):
-                logger.close()
-                raise NonFiniteLossError(
-                    f"non-finite loss between steps {done - interval_steps + 1} and {done}; stopping. "
-                    f"The last good checkpoint is {find_latest(run_dir)} (step {saved_step}); lower the "
-                    "learning rate, enable optim.larc, or use run.precision=fp32/bf16 before resuming.")
+        at_log = done % log_every == 0 or done == setup.last_step
+        at_ckpt = done % ckpt_every == 0 or done == setup.last_step
+        if (at_log or at_ckpt) and all_ranks_max(bool(nonfinite.item()), env):
+            logger.close()
+            raise NonFiniteLossError(
+                f"non-finite loss between steps {done - meter.steps + 1} and {done}; stopping. "
+                f"The last good checkpoint is {find_latest(run_dir)} (step {saved_step}); lower the "
+                "learning rate, enable optim.larc, or use run.precision=fp32/bf16 before resuming.")
         if at_log:
-            elapsed = time.perf_counter() - interval_start
-            names = ["loss/total", *sublosses]
-            means = reduce_mean(torch.cat([sums / interval_steps, torch.tensor(
-                [data_wait / elapsed], device=env.device)]), env).tolist()
-            metrics = dict(zip(names, means[:-1]))
+            metrics = meter.metrics(["loss/total", *sublosses], setup.global_batch, env)
             metrics.update({f"collapse/{m}": collapse_std(outputs[v][0]).item()
                             for m, v in (("video", "v1"), ("audio", "a1")) if v in outputs})
             metrics.update({f"lr/{name}": lr for name, lr in rates.items()})
-            metrics.update({"epoch": done / steps_per_epoch,
-                            "perf/clips_per_s": interval_steps * global_batch / elapsed,
-                            "perf/data_wait_frac": means[-1]})
+            metrics["epoch"] = done / setup.steps_per_epoch
             logger.record(done, metrics)
-            interval_start, data_wait, interval_steps, sums = time.perf_counter(), 0.0, 0, None
+            meter.reset()
         if at_ckpt:
-            write_checkpoint(run_dir, done, config, raw, optimizer, scaler, loader, env)
+            save(done)
             saved_step = done
 
     logger.close()
-    summary = {"status": status, "step": saved_step if status == "preempted" else last_step,
-               "run_dir": str(run_dir), "metrics": metrics, "checkpoint": str(find_latest(run_dir))}
+    return finish(config, setup, env, status, saved_step if status == "preempted" else setup.last_step, metrics)
+
+
+def finish(config: dict[str, Any], setup: Setup, env: DistEnv, status: str, step: int,
+           metrics: dict[str, float]) -> dict[str, Any]:
+    """Rank 0: loss curve, backbone export and summary.json of a completed run; the summary dict."""
+    run_dir = Path(config["run"]["dir"])
+    summary = {"status": status, "step": step, "run_dir": str(run_dir), "metrics": metrics,
+               "checkpoint": str(find_latest(run_dir))}
     if env.is_main and status == "completed":
         summary["loss_curve"] = str(plot_loss_curve(run_dir))
-        if run["export"]:
-            summary["export"] = str(save_backbones(run_dir / "export", raw.video.encoder, raw.audio.encoder,
-                                                   config["model"]))
+        if config["run"]["export"]:
+            summary["export"] = str(save_backbones(run_dir / "export", setup.raw.video.encoder,
+                                                   setup.raw.audio.encoder, config["model"]))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
