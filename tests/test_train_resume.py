@@ -130,7 +130,7 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_pa
 
     monkeypatch.setattr(trainer.CrissCrossObjective, "__call__", poisoned)
     config = resolve_config("debug", [f"run.dir={tmp_path}", "run.checkpoint_every=4", "run.log_every=1",
-                                      "run.tensorboard=false", "run.num_threads=null"])
+                                      "run.tensorboard=false"])
     with pytest.raises(trainer.NonFiniteLossError, match=r"non-finite loss .*step 4"):
         trainer.train(config)
     assert [s for s, _ in list_checkpoints(tmp_path)] == [4]  # nothing written after the bad step
