@@ -60,6 +60,7 @@ class BuildConfig:
     jpeg_qscale: int = 3
     adapter: str = "auto"
     split: int = 1  # UCF101/HMDB51 official split number
+    video_root: str | None = None  # Kinetics: where the videos are (default: the CSV's folder)
     item_timeout_s: float = 600.0  # per source; a decoder that hangs becomes a 'timeout' error
 
     def media_config(self) -> media.MediaConfig:
@@ -169,7 +170,7 @@ def samples_per_shard(specs: list[SampleSpec], cfg: BuildConfig) -> int:
 
 
 def make_plan(input_path: str | Path, cfg: BuildConfig) -> dict:
-    items = load_sources(input_path, cfg.adapter, split=cfg.split)
+    items = load_sources(input_path, cfg.adapter, split=cfg.split, video_root=cfg.video_root)
     specs = plan_samples(items, cfg)
     order = np.random.default_rng(cfg.seed).permutation(len(specs))  # the cross-shard shuffle
     per_shard = samples_per_shard(specs, cfg)

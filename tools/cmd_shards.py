@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +26,7 @@ def _register_build(sub) -> None:
     p.add_argument("--name", default="data", help="shard file prefix: NAME-000000.tar")
     p.add_argument("--format", dest="adapter", default="auto", choices=ADAPTERS, help="input layout")
     p.add_argument("--split", type=int, default=1, help="UCF101/HMDB51 official split number")
+    p.add_argument("--video-root", default=None, help="Kinetics: folder holding the videos (default: the CSV's folder)")
     p.add_argument("--fps", type=int, default=16)
     p.add_argument("--short-side", type=int, default=112)
     p.add_argument("--sample-rate", type=int, default=16000)
@@ -59,7 +61,8 @@ def _build(args: argparse.Namespace) -> int:
         num_tasks=args.num_tasks, task_index=args.task_index, address=args.address,
         progress=not args.no_progress, min_seconds=args.min_seconds, require=args.require,
         jpeg_qscale=args.jpeg_qscale, samples_per_shard=args.samples_per_shard, adapter=args.adapter,
-        split=args.split, item_timeout_s=args.item_timeout)
+        split=args.split, item_timeout_s=args.item_timeout,
+        video_root=str(Path(args.video_root).resolve()) if args.video_root else None)
     print(stats.summary())
     return 0
 
