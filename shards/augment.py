@@ -1,0 +1,422 @@
+"""DALI visual and audio augmentations (CrissCross supplement, Tables S1-S4), each switchable.
+
+Visual (Table S1), applied to a decoded view ``[F, H, W, 3]`` uint8 with ONE draw of every random
+parameter per view, so all frames of a view get the same crop/flip/colour/blur/cutout (DALI
+sequence operators apply per-sample arguments to every frame), and two views get independent
+draws (every call creates its own random nodes):
+
+    multi-scale crop -> resize, flip, colour jitter (+ grayscale), Gaussian blur, cutout, normalize
+
+Audio (Table S2) on a float32 waveform window:
+
+    volume jitter -> log-mel -> normalize -> [time warp] -> freq/time masks -> random resized crop
+
+Per-stage order and the exact distributions are documented in ``docs/shards.md``.
+
+Every random number comes from a :class:`Draws` object. ``LiveDraws`` creates DALI random
+operators in place; ``RecordedDraws`` turns each draw into an ``external_source`` input and records
+its distribution, so that the draws can be made in a separate, checkpointable DALI pipeline (the
+video decoder does not support DALI checkpointing; see ``pipelines.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import nvidia.dali.fn as fn
+import nvidia.dali.math as dmath
+import nvidia.dali.types as types
+from nvidia.dali.pipeline import DataNode
+
+# R(2+1)D / Kinetics-400 statistics used by torchvision's video models (RGB in [0, 1]).
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+# Log-mel (natural log, eps 1e-6) statistics measured on the 400 ESC-10 recordings at 16 kHz
+# (docs/shards.md: how they were measured); used unless the config gives others.
+LOGMEL_MEAN = -7.6
+LOGMEL_STD = 4.2
+LOG_EPS = 1e-6
+
+
+def _from_dict(cls, values: dict | None):
+    """Build a dataclass from a dict, rejecting unknown keys (typos must not pass silently)."""
+    values = dict(values or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown keys {unknown}; known: {sorted(known)}")
+    for key, value in values.items():
+        if isinstance(value, list):
+            values[key] = tuple(value)
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class VideoAugment:
+    """Table S1. ``*_p`` are probabilities; set a switch to False to ablate (paper Table 5)."""
+
+    crop: bool = True  # multi-scale crop (torchvision RandomResizedCrop semantics)
+    crop_area: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = True
+    flip_p: float = 0.5
+    color_jitter: bool = True
+    color_jitter_p: float = 1.0
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.2  # fraction of the hue circle, as torchvision (0.2 -> +-72 degrees)
+    grayscale: bool = True
+    grayscale_p: float = 0.2
+    blur: bool = True
+    blur_p: float = 0.5
+    blur_kernel: int = 11
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    cutout: bool = True
+    cutout_max_size: int = 20  # side drawn uniformly from [1, max]; filled with first-frame mean
+    mean: tuple[float, float, float] = KINETICS_MEAN
+    std: tuple[float, float, float] = KINETICS_STD
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "VideoAugment":
+        return _from_dict(cls, values)
+
+    @classmethod
+    def disabled(cls, **overrides) -> "VideoAugment":
+        off = dict(crop=False, flip=False, color_jitter=False, grayscale=False, blur=False, cutout=False)
+        off.update(overrides)
+        return cls(**off)
+
+
+@dataclass(frozen=True)
+class AudioAugment:
+    """Table S2; time warp exists but is off in pretraining (Table S4)."""
+
+    volume: bool = True
+    volume_range: float = 0.2  # gain drawn from [1 - r, 1 + r]
+    freq_mask: bool = True
+    freq_mask_num: int = 2
+    freq_mask_max: int = 10
+    time_mask: bool = True
+    time_mask_num: int = 2
+    time_mask_max: int = 20
+    random_crop: bool = True  # BYOL-A RandomResizeCrop on the log-mel
+    crop_virtual_scale: tuple[float, float] = (1.0, 1.5)  # canvas (freq, time) relative to input
+    crop_freq_scale: tuple[float, float] = (0.6, 1.5)
+    crop_time_scale: tuple[float, float] = (0.6, 1.5)
+    time_warp: bool = False
+    time_warp_window: int = 20
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "AudioAugment":
+        return _from_dict(cls, values)
+
+    @classmethod
+    def disabled(cls, **overrides) -> "AudioAugment":
+        off = dict(volume=False, freq_mask=False, time_mask=False, random_crop=False, time_warp=False)
+        off.update(overrides)
+        return cls(**off)
+
+
+@dataclass(frozen=True)
+class LogMel:
+    """Log-mel front end: librosa.feature.melspectrogram(power=2, slaney) then log(x + eps)."""
+
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    hop: int = 160
+    n_mels: int = 80
+    fmin: float = 0.0
+    fmax: float | None = None  # None -> sample_rate / 2
+    mean: float = LOGMEL_MEAN
+    std: float = LOGMEL_STD
+    normalize: bool = True
+
+    def frames(self, num_samples: int) -> int:
+        """Frames kept for a window: floor(samples / hop) (2 s at 16 kHz, hop 160 -> 200)."""
+        return num_samples // self.hop
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    video: VideoAugment = field(default_factory=VideoAugment)
+    audio: AudioAugment = field(default_factory=AudioAugment)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "AugmentConfig":
+        values = dict(values or {})
+        unknown = sorted(set(values) - {"video", "audio"})
+        if unknown:
+            raise ValueError(f"augment: unknown keys {unknown}; known: ['audio', 'video']")
+        return cls(VideoAugment.from_dict(values.get("video")), AudioAugment.from_dict(values.get("audio")))
+
+
+@dataclass(frozen=True)
+class DrawSpec:
+    """One random draw per sample: ``uniform`` in [lo, hi) or ``coin`` (1.0 with probability p)."""
+
+    kind: str
+    lo: float = 0.0
+    hi: float = 1.0
+    size: int = 0  # 0: a scalar, else a vector of this length
+
+
+class Draws:
+    """Source of per-sample random numbers for the augmentation graph."""
+
+    def uniform(self, lo: float, hi: float, size: int = 0) -> DataNode:
+        return self.draw(DrawSpec("uniform", float(lo), float(hi), size))
+
+    def coin(self, p: float) -> DataNode:
+        return self.draw(DrawSpec("coin", float(p), float(p)))
+
+    def draw(self, spec: DrawSpec) -> DataNode:
+        raise NotImplementedError
+
+
+def make_random(spec: DrawSpec) -> DataNode:
+    """The DALI random operator that realizes ``spec``."""
+    shape = [spec.size] if spec.size else None
+    if spec.kind == "coin":
+        return fn.cast(fn.random.coin_flip(probability=spec.lo, dtype=types.UINT8, shape=shape), dtype=types.FLOAT)
+    return fn.random.uniform(range=[spec.lo, spec.hi], dtype=types.FLOAT, shape=shape)
+
+
+class LiveDraws(Draws):
+    """Random operators inside the graph being built (the evaluation pipelines)."""
+
+    def draw(self, spec: DrawSpec) -> DataNode:
+        return make_random(spec)
+
+
+class RecordedDraws(Draws):
+    """Each draw becomes an ``external_source`` named ``draw{i}``; ``specs`` lists them in order."""
+
+    def __init__(self) -> None:
+        self.specs: list[DrawSpec] = []
+
+    def draw(self, spec: DrawSpec) -> DataNode:
+        name = f"draw{len(self.specs)}"
+        self.specs.append(spec)
+        return fn.external_source(name=name, dtype=types.FLOAT, ndim=1 if spec.size else 0, no_copy=True)
+
+    def names(self) -> list[str]:
+        return [f"draw{i}" for i in range(len(self.specs))]
+
+
+# ----------------------------------------------------------------------------- visual
+
+CROP_ATTEMPTS = 10
+
+
+def _multiscale_box(frames: DataNode, aug: VideoAugment, draws: Draws) -> tuple[DataNode, DataNode]:
+    """torchvision RandomResizedCrop box, in DALI arithmetic: 10 attempts of (area, log-ratio);
+    the first whose box fits the frame wins; if none fits, the whole frame. Returns the ROI as
+    (start [y, x], end [y, x]) in pixels."""
+    shape = fn.cast(fn.shapes(frames), dtype=types.FLOAT)  # [F, H, W, C]
+    height, width = shape[1], shape[2]
+    area = draws.uniform(*aug.crop_area, size=CROP_ATTEMPTS) * (height * width)
+    log_ratio = draws.uniform(math.log(aug.crop_ratio[0]), math.log(aug.crop_ratio[1]), size=CROP_ATTEMPTS)
+    ratio = dmath.exp(log_ratio)
+    box_w = dmath.floor(dmath.sqrt(area * ratio) + 0.5)
+    box_h = dmath.floor(dmath.sqrt(area / ratio) + 0.5)
+    fits = fn.cast((box_w <= width) & (box_h <= height) & (box_w >= 1.0) & (box_h >= 1.0), dtype=types.FLOAT)
+    rank = types.Constant(np.arange(CROP_ATTEMPTS, dtype=np.float32)) + (1.0 - fits) * 1000.0
+    first = fn.reductions.min(rank)
+    chosen = fn.cast(rank == first, dtype=types.FLOAT) * fn.cast(first < 1000.0, dtype=types.FLOAT)
+    any_fit = fn.reductions.sum(chosen)  # 1.0 or 0.0
+    w = fn.reductions.sum(box_w * chosen) + (1.0 - any_fit) * width
+    h = fn.reductions.sum(box_h * chosen) + (1.0 - any_fit) * height
+    y0 = dmath.floor(draws.uniform(0.0, 1.0) * (height - h + 1.0 - 1e-3))
+    x0 = dmath.floor(draws.uniform(0.0, 1.0) * (width - w + 1.0 - 1e-3))
+    return fn.stack(y0, x0), fn.stack(y0 + h, x0 + w)
+
+
+def resize_crop_video(frames: DataNode, aug: VideoAugment, crop: int, draws: Draws) -> DataNode:
+    """Multi-scale crop to ``crop`` x ``crop`` (one box per view), or short-side resize + centre crop."""
+    if aug.crop:
+        start, end = _multiscale_box(frames, aug, draws)
+        return fn.resize(frames, roi_start=start, roi_end=end, size=[crop, crop], antialias=False)
+    resized = fn.resize(frames, resize_shorter=crop, antialias=False)
+    return fn.crop(resized, crop=[crop, crop])
+
+
+def _color_twist(frames: DataNode, aug: VideoAugment, draws: Draws) -> DataNode:
+    """Colour jitter and grayscale as one colour matrix per view (grayscale = saturation 0, applied
+    after the jitter as torchvision's order; hue rotation in YIQ keeps luma, so this equals
+    jitter-then-grayscale)."""
+    jitter = draws.coin(aug.color_jitter_p) if aug.color_jitter else None
+
+    def factor(amount: float) -> DataNode | float:
+        if jitter is None or amount == 0:
+            return 1.0
+        return 1.0 + jitter * (draws.uniform(max(0.0, 1 - amount), 1 + amount) - 1.0)
+
+    brightness, contrast, saturation = factor(aug.brightness), factor(aug.contrast), factor(aug.saturation)
+    hue = jitter * draws.uniform(-360.0 * aug.hue, 360.0 * aug.hue) if (jitter is not None and aug.hue) else 0.0
+    if aug.grayscale:
+        saturation = saturation * (1.0 - draws.coin(aug.grayscale_p))
+    return fn.color_twist(frames, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
+
+
+def _blur(frames: DataNode, aug: VideoAugment, draws: Draws) -> DataNode:
+    """Gaussian blur with probability p. Skipped samples get sigma 1e-2: with an 11-tap window the
+    off-centre weights are exp(-1/2e-4) = 0, so the kernel is exactly the identity."""
+    applied = draws.coin(aug.blur_p)
+    sigma = applied * draws.uniform(*aug.blur_sigma) + (1.0 - applied) * 1e-2
+    return fn.gaussian_blur(frames, window_size=aug.blur_kernel, sigma=sigma)
+
+
+def _cutout(frames: DataNode, aug: VideoAugment, crop: int, draws: Draws) -> DataNode:
+    """One square hole per view (same place in every frame), filled with the per-channel mean of
+    the view's first frame (the paper; the official code multiplies instead, which we do not copy).
+    As the reference implementation, the centre is uniform over the image and the square is clipped."""
+    side = dmath.floor(draws.uniform(1.0, aug.cutout_max_size + 1.0 - 1e-3))
+    centre = draws.uniform(0.0, float(crop), size=2)
+    anchor = dmath.floor(centre - side / 2.0)
+    fill = fn.reductions.mean(fn.cast(frames[0], dtype=types.FLOAT), axes=[0, 1])
+    if fill.device == "gpu":  # operator arguments live on the CPU: a small GPU->CPU copy per view
+        fill = fill.cpu()
+    return fn.erase(frames, anchor=anchor, shape=fn.stack(side, side), axis_names="HW", fill_value=fill)
+
+
+def augment_video(frames: DataNode, aug: VideoAugment, crop: int, draws: Draws) -> DataNode:
+    """``[F, H, W, 3]`` uint8 -> ``[3, F, crop, crop]`` float32, normalized (one param draw per view)."""
+    frames = resize_crop_video(frames, aug, crop, draws)
+    if aug.color_jitter or aug.grayscale:
+        frames = _color_twist(frames, aug, draws)
+    if aug.blur:
+        frames = _blur(frames, aug, draws)
+    if aug.cutout:
+        frames = _cutout(frames, aug, crop, draws)
+    mirror = fn.cast(draws.coin(aug.flip_p), dtype=types.INT32) if aug.flip else 0
+    return fn.crop_mirror_normalize(
+        frames,
+        mirror=mirror,
+        mean=[255.0 * m for m in aug.mean],
+        std=[255.0 * s for s in aug.std],
+        dtype=types.FLOAT,
+        output_layout="CFHW",
+    )
+
+
+# ----------------------------------------------------------------------------- audio
+
+
+def log_mel(wave: DataNode, mel: LogMel, num_samples: int) -> DataNode:
+    """float32 waveform ``[N]`` -> ``[n_mels, N // hop]`` log-mel (zero-padded centred STFT, as librosa)."""
+    spec = fn.spectrogram(
+        wave,
+        nfft=mel.n_fft,
+        window_length=mel.n_fft,
+        window_step=mel.hop,
+        center_windows=True,
+        reflect_padding=False,
+        power=2,
+    )
+    bank = fn.mel_filter_bank(
+        spec,
+        sample_rate=float(mel.sample_rate),
+        nfilter=mel.n_mels,
+        freq_low=mel.fmin,
+        freq_high=float(mel.fmax or mel.sample_rate / 2),
+        mel_formula="slaney",
+        normalize=True,
+    )
+    logmel = dmath.log(bank + LOG_EPS)
+    # librosa (center=True) gives 1 + N // hop frames; keep the first N // hop (200 for 2 s).
+    return logmel[:, : mel.frames(num_samples)]
+
+
+def _resize_2d(spec: DataNode, height, width, interp=types.INTERP_LINEAR) -> DataNode:
+    """Resize a 2-D map (treated as a 1-channel image) to (height, width); width may be per-sample."""
+    image = fn.reshape(fn.expand_dims(spec, axes=[2]), layout="HWC")
+    if isinstance(width, DataNode):
+        size = fn.stack(0.0 * width + float(height), width)
+    else:
+        size = [float(height), float(width)]
+    out = fn.resize(image, size=size, interp_type=interp, antialias=False)
+    return fn.squeeze(out, axes=[2])
+
+
+_PIXELS = dict(normalized_anchor=False, normalized_shape=False)  # slice anchors/shapes in elements
+
+
+def _time_warp(spec: DataNode, aug: AudioAugment, n_mels: int, n_frames: int, draws: Draws) -> DataNode:
+    """SpecAugment time warp: the frame at ``w0`` moves to ``w0 + d`` (|d| < window), both sides
+    resized linearly (as s3prl's implementation, which the paper uses)."""
+    window = min(aug.time_warp_window, max(n_frames // 2 - 1, 1))
+    centre = dmath.floor(draws.uniform(float(window), float(n_frames - window)))
+    shift = dmath.floor(draws.uniform(float(-window + 1), float(window)))
+    zero = 0.0 * centre
+    left = fn.slice(spec, fn.stack(zero, zero), fn.stack(zero + n_mels, centre), axes=[0, 1], **_PIXELS)
+    right = fn.slice(spec, fn.stack(zero, centre), fn.stack(zero + n_mels, n_frames - centre), axes=[0, 1], **_PIXELS)
+    left = _resize_2d(left, n_mels, centre + shift)
+    right = _resize_2d(right, n_mels, n_frames - centre - shift)
+    return fn.cat(left, right, axis=1)
+
+
+def _masks(spec: DataNode, aug: AudioAugment, n_mels: int, n_frames: int, draws: Draws) -> DataNode:
+    """SpecAugment masks (width uniform in {0..max}, position uniform), filled with 0 = the mean."""
+    anchors, shapes = [], []
+    regions = [(0, aug.freq_mask_max, n_mels)] * (aug.freq_mask_num if aug.freq_mask else 0)
+    regions += [(1, aug.time_mask_max, n_frames)] * (aug.time_mask_num if aug.time_mask else 0)
+    for axis, max_width, extent in regions:
+        width = dmath.floor(draws.uniform(0.0, max_width + 1.0 - 1e-3))
+        start = dmath.floor(draws.uniform(0.0, 1.0) * (extent - width + 1.0 - 1e-3))
+        zero = 0.0 * width
+        other_extent = float(n_frames if axis == 0 else n_mels)
+        if axis == 0:
+            anchors += [start, zero]
+            shapes += [width, zero + other_extent]
+        else:
+            anchors += [zero, start]
+            shapes += [zero + other_extent, width]
+    if not anchors:
+        return spec
+    spec = fn.reshape(spec, layout="HW")
+    return fn.erase(spec, anchor=fn.stack(*anchors), shape=fn.stack(*shapes), axis_names="HW", fill_value=0.0)
+
+
+def _random_resized_crop(spec: DataNode, aug: AudioAugment, n_mels: int, n_frames: int, draws: Draws) -> DataNode:
+    """BYOL-A RandomResizeCrop: centre the map on a zero canvas ``virtual_scale`` times its size,
+    crop a box of (freq, time) = (U(freq_scale) F, U(time_scale) T) clipped to the canvas at a
+    uniform position, resize it back to (F, T) bicubically."""
+    canvas_f = int(n_mels * aug.crop_virtual_scale[0])
+    canvas_t = int(n_frames * aug.crop_virtual_scale[1])
+    box_f = dmath.clamp(dmath.floor(draws.uniform(*aug.crop_freq_scale) * n_mels), 1.0, float(canvas_f))
+    box_t = dmath.clamp(dmath.floor(draws.uniform(*aug.crop_time_scale) * n_frames), 1.0, float(canvas_t))
+    top = dmath.floor(draws.uniform(0.0, 1.0) * (canvas_f - box_f + 1.0 - 1e-3))
+    left = dmath.floor(draws.uniform(0.0, 1.0) * (canvas_t - box_t + 1.0 - 1e-3))
+    # Canvas coordinates -> input coordinates (the input sits centred on the canvas).
+    top = top - float((canvas_f - n_mels) // 2)
+    left = left - float((canvas_t - n_frames) // 2)
+    box = fn.slice(
+        spec,
+        fn.stack(top, left),
+        fn.stack(box_f, box_t),
+        axes=[0, 1],
+        normalized_anchor=False,  # float anchor/shape would otherwise be read as fractions
+        normalized_shape=False,
+        out_of_bounds_policy="pad",
+        fill_values=0.0,
+    )
+    return _resize_2d(box, n_mels, n_frames, interp=types.INTERP_CUBIC)
+
+
+def augment_audio(wave: DataNode, aug: AudioAugment, mel: LogMel, num_samples: int, draws: Draws) -> DataNode:
+    """float32 waveform ``[N]`` -> ``[1, n_mels, N // hop]`` float32 normalized log-mel."""
+    if aug.volume:
+        wave = wave * draws.uniform(1.0 - aug.volume_range, 1.0 + aug.volume_range)
+    spec = log_mel(wave, mel, num_samples)
+    if mel.normalize:
+        spec = (spec - mel.mean) * (1.0 / mel.std)
+    n_frames = mel.frames(num_samples)
+    if aug.time_warp:
+        spec = _time_warp(spec, aug, mel.n_mels, n_frames, draws)
+    spec = _masks(spec, aug, mel.n_mels, n_frames, draws)
+    if aug.random_crop:
+        spec = _random_resized_crop(spec, aug, mel.n_mels, n_frames, draws)
+    return fn.expand_dims(fn.reshape(spec, layout=""), axes=[0])

@@ -1,0 +1,257 @@
+"""DALI graphs: the training graph (two augmented A/V views per clip) and the evaluation graph
+(K clips per sample). Device-agnostic: ``device="cpu"`` runs everything on the CPU
+(``device_id=None``); ``device="gpu"`` decodes with the ``mixed`` backend (NVDEC / nvJPEG) and
+runs every later operator on the GPU. The per-sample work is all DALI operators: the frame
+indices and the PCM window come from DALI arithmetic on the ``index.npy`` bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import nvidia.dali.fn as fn
+import nvidia.dali.math as dmath
+import nvidia.dali.types as types
+from nvidia.dali.pipeline import DataNode, Pipeline, pipeline_def
+
+from crisscross.shards import format as shard_format
+from crisscross.shards.augment import (
+    AudioAugment,
+    DrawSpec,
+    LiveDraws,
+    LogMel,
+    RecordedDraws,
+    VideoAugment,
+    augment_audio,
+    augment_video,
+    make_random,
+)
+from crisscross.shards.views import (
+    ClipSpan,
+    ViewGeometry,
+    clip_span,
+    parse_index,
+    sample_view_starts,
+    start_frame,
+    start_sample,
+)
+
+READER_NAME = "reader"
+KEY_BYTES = 256  # source_info ("shard.tar:offset:key.video.mp4") is padded to the batch max
+
+
+@dataclass(frozen=True)
+class ReaderSpec:
+    """Which shards a pipeline reads and how (one rank's view of the dataset)."""
+
+    paths: tuple[str, ...]
+    index_paths: tuple[str, ...] | None = None
+    shard_id: int = 0
+    num_shards: int = 1
+    shuffle: bool = False
+    shuffle_buffer: int = 256
+    # "error": a sample lacking a component stops with an error; "skip": such samples are dropped.
+    missing_components: str = "skip"
+
+
+@dataclass(frozen=True)
+class TrainGraphSpec:
+    geometry: ViewGeometry = field(default_factory=ViewGeometry)
+    crop: int = 112
+    relaxation: str = "mild"
+    extreme_gap: float = 3.0
+    video_jitter: bool = False
+    video_aug: VideoAugment = field(default_factory=VideoAugment)
+    audio_aug: AudioAugment = field(default_factory=AudioAugment)
+    mel: LogMel = field(default_factory=LogMel)
+
+
+@dataclass(frozen=True)
+class EvalGraphSpec:
+    clips: int = 10
+    sampling: str = "uniform"  # uniform | random
+    geometry: ViewGeometry = field(default_factory=ViewGeometry)
+    crop: int = 112
+    video: bool = True
+    audio: bool = True
+    video_aug: VideoAugment = field(default_factory=VideoAugment.disabled)
+    audio_aug: AudioAugment = field(default_factory=AudioAugment.disabled)
+    mel: LogMel = field(default_factory=LogMel)
+
+
+def _reader(spec: ReaderSpec, exts: list[str]) -> list[DataNode]:
+    kwargs = {}
+    if spec.index_paths is not None:
+        kwargs["index_paths"] = list(spec.index_paths)
+    outputs = fn.readers.webdataset(
+        paths=list(spec.paths),
+        ext=exts,
+        name=READER_NAME,
+        shard_id=spec.shard_id,
+        num_shards=spec.num_shards,
+        random_shuffle=spec.shuffle,
+        initial_fill=spec.shuffle_buffer,
+        pad_last_batch=True,
+        missing_component_behavior=spec.missing_components,
+        **kwargs,
+    )
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+def _key_bytes(encoded: DataNode) -> DataNode:
+    """``source_info`` of a component as padded uint8 ("path:offset:key.ext"); the loader parses it."""
+    return fn.pad(fn.get_property(encoded, key="source_info"), axes=[0], shape=[KEY_BYTES], fill_value=0)
+
+
+def _frame_list(span: ClipSpan, first: DataNode, geo: ViewGeometry) -> DataNode:
+    """``first + stride * [0..T)`` clamped to the clip (the last frame repeats past the end)."""
+    offsets = types.Constant(np.arange(geo.frames, dtype=np.int32) * geo.stride)
+    frames = first + offsets
+    return fn.cast(dmath.min(frames, fn.cast(dmath.max(span.num_frames - 1.0, 0.0), dtype=types.INT32)), dtype=types.INT32)
+
+
+def _decode(video: DataNode, frames: DataNode, device: str) -> DataNode:
+    return fn.decoders.video(video, device="mixed" if device == "gpu" else "cpu", frames=frames)
+
+
+def _audio_window(pcm: DataNode, first: DataNode, num_samples: int) -> DataNode:
+    """Cut ``num_samples`` int16 samples at ``first`` out of the raw PCM (zeros past the end).
+    Only the window is copied, so the cost does not grow with the clip."""
+    length = types.Constant(np.int64(num_samples))
+    return fn.slice(pcm, first, length, axes=[0], out_of_bounds_policy="pad", fill_values=0)
+
+
+def _to_float(pcm_window: DataNode, device: str) -> DataNode:
+    """int16 -> float32 in [-1, 1), on the device that runs the audio graph."""
+    if device == "gpu":
+        pcm_window = pcm_window.gpu()
+    return fn.cast(pcm_window, dtype=types.FLOAT) * (1.0 / 32768.0)
+
+
+def _pcm(audio_bytes: DataNode) -> DataNode:
+    return fn.reinterpret(audio_bytes, dtype=types.INT16)
+
+
+PLAN_DATA = ("video", "frames", "wave1", "wave2")  # plan -> work handoff (besides the draws)
+PLAN_META = ("key", "times", "fallback")  # plan -> loader
+
+
+def work_graph(spec: TrainGraphSpec, draws: RecordedDraws, device: str) -> tuple[DataNode, ...]:
+    """Training stage 2 (stateless given its inputs): decode the planned frames, cut the views,
+    augment with the planned draws. Outputs v1, v2 [3,T,crop,crop] and a1, a2 [1,80,F]."""
+    video = fn.external_source(name="video", dtype=types.UINT8, ndim=1, no_copy=True)
+    frame_ids = fn.external_source(name="frames", dtype=types.INT32, ndim=1, no_copy=True)
+    geo = spec.geometry
+    decoded = _decode(video, frame_ids, device)  # one call decodes both views' 2T frames
+    views_v = [augment_video(decoded[i * geo.frames : (i + 1) * geo.frames], spec.video_aug, spec.crop, draws) for i in (0, 1)]
+    views_a = []
+    for name in ("wave1", "wave2"):
+        pcm = fn.external_source(name=name, dtype=types.INT16, ndim=1, no_copy=True)
+        views_a.append(augment_audio(_to_float(pcm, device), spec.audio_aug, spec.mel, geo.audio_samples, draws))
+    return (*views_v, *views_a)
+
+
+def plan_graph(spec: TrainGraphSpec, reader: ReaderSpec, draw_specs: list[DrawSpec]) -> tuple[DataNode, ...]:
+    """Training stage 1 (checkpointable: reader + every random draw): read a sample, draw t1/t2,
+    turn them into frame indices and PCM windows, draw the augmentation parameters.
+    Outputs: PLAN_DATA, then PLAN_META, then one output per draw spec."""
+    video, audio, index = _reader(reader, [shard_format.VIDEO_EXT, shard_format.AUDIO_PCM_EXT, shard_format.INDEX_EXT])
+    span = clip_span(parse_index(index))
+    geo = spec.geometry
+    starts = sample_view_starts(span, geo, spec.relaxation, extreme_gap=spec.extreme_gap, video_jitter=spec.video_jitter)
+    frame_ids = fn.cat(
+        _frame_list(span, start_frame(span, starts.video1), geo),
+        _frame_list(span, start_frame(span, starts.video2), geo),
+    )
+    pcm = _pcm(audio)
+    waves = [_audio_window(pcm, start_sample(span, t), geo.audio_samples) for t in (starts.audio1, starts.audio2)]
+    times = fn.stack(starts.video1, starts.audio1, starts.video2, starts.audio2)
+    draws = [make_random(s) for s in draw_specs]
+    return (video, frame_ids, *waves, _key_bytes(index), times, starts.fallback, *draws)
+
+
+def _eval_starts(span: ClipSpan, spec: EvalGraphSpec) -> DataNode:
+    """K clip start times (float64 vector): evenly spaced over the valid start interval
+    (both ends included; the centre when K = 1) or uniform random."""
+    geo = spec.geometry
+    lows, highs = [], []
+    if spec.video:
+        lows.append(span.video_offset)
+        highs.append(span.video_end - geo.video_seconds)
+    if spec.audio:
+        lows.append(span.audio_offset)
+        highs.append(span.audio_end - geo.audio_seconds)
+    lo = lows[0] if len(lows) == 1 else dmath.max(*lows)
+    hi = highs[0] if len(highs) == 1 else dmath.min(*highs)
+    width = dmath.max(hi - lo, 0.0)
+    if spec.sampling == "random":
+        fractions = fn.random.uniform(range=[0.0, 1.0], shape=[spec.clips], dtype=types.FLOAT64)
+    elif spec.sampling == "uniform":
+        grid = np.full(1, 0.5) if spec.clips == 1 else np.linspace(0.0, 1.0, spec.clips)
+        fractions = types.Constant(grid.astype(np.float64))
+    else:
+        raise ValueError(f"sampling must be 'uniform' or 'random', not {spec.sampling!r}")
+    return lo + fractions * width
+
+
+def eval_graph(spec: EvalGraphSpec, reader: ReaderSpec, device: str) -> tuple[DataNode, ...]:
+    """Outputs (each optional by modality): video [K,3,T,crop,crop], audio [K,1,80,F]; then key bytes."""
+    if not (spec.video or spec.audio):
+        raise ValueError("eval graph needs at least one modality")
+    exts = ([shard_format.VIDEO_EXT] if spec.video else []) + ([shard_format.AUDIO_PCM_EXT] if spec.audio else [])
+    components = _reader(reader, exts + [shard_format.INDEX_EXT])
+    index = components[-1]
+    span = clip_span(parse_index(index))
+    starts = _eval_starts(span, spec)
+    geo = spec.geometry
+    draws = LiveDraws()
+    outputs = []
+    if spec.video:
+        video = components[0]
+        frame_ids = fn.cat(*[_frame_list(span, start_frame(span, starts[k]), geo) for k in range(spec.clips)])
+        decoded = _decode(video, frame_ids, device)
+        clips = [augment_video(decoded[k * geo.frames : (k + 1) * geo.frames], spec.video_aug, spec.crop, draws) for k in range(spec.clips)]
+        outputs.append(fn.stack(*clips))
+    if spec.audio:
+        pcm = _pcm(components[1 if spec.video else 0])
+        clips = [
+            augment_audio(_to_float(_audio_window(pcm, start_sample(span, starts[k]), geo.audio_samples), device), spec.audio_aug, spec.mel, geo.audio_samples, draws)
+            for k in range(spec.clips)
+        ]
+        outputs.append(fn.stack(*clips))
+    outputs.append(_key_bytes(index))
+    return tuple(outputs)
+
+
+def build_pipeline(
+    graph: Callable[[], tuple[DataNode, ...]],
+    *,
+    device: str,
+    batch_size: int,
+    num_threads: int,
+    device_id: int | None,
+    seed: int,
+    checkpointing: bool = False,
+    checkpoint: str | None = None,
+    prefetch: int = 2,
+) -> Pipeline:
+    """Instantiate and build a pipeline around the graph-building function ``graph()``."""
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"device must be 'cpu' or 'gpu', not {device!r}")
+
+    @pipeline_def(enable_checkpointing=checkpointing)
+    def _pipe():
+        return graph()
+
+    pipe = _pipe(
+        batch_size=batch_size,
+        num_threads=num_threads,
+        device_id=device_id if device == "gpu" else None,
+        seed=seed,
+        prefetch_queue_depth=prefetch,
+        checkpoint=checkpoint,
+    )
+    pipe.build()
+    return pipe
