@@ -286,6 +286,37 @@ def _decode_group(item: SourceItem, specs: list[SampleSpec], cfg: BuildConfig) -
         return media.MediaError("decode_failed", f"{type(exc).__name__}: {exc}")
 
 
+def _isolated_child(conn, item: SourceItem, specs: list[SampleSpec], cfg: BuildConfig) -> None:
+    conn.send(_decode_group(item, specs, cfg))
+    conn.close()
+
+
+def _decode_group_isolated(item: SourceItem, specs: list[SampleSpec], cfg: BuildConfig) -> tuple[dict, list] | media.MediaError:
+    """``_decode_group`` in a forked child: a decoder that crashes the process (segfault, abort)
+    or hangs inside FFmpeg costs that child only and becomes an error row."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    receiver, sender = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_isolated_child, args=(sender, item, specs, cfg))
+    child.start()
+    sender.close()
+    limit = cfg.item_timeout_s + 30.0 if cfg.item_timeout_s > 0 else None  # the child's own alarm fires first
+    try:
+        if receiver.poll(limit):
+            return receiver.recv()  # before join: a large result would block the child's send
+    except EOFError:
+        pass  # the child died before sending
+    finally:
+        receiver.close()
+        if child.is_alive():
+            child.kill()
+        child.join()
+    if child.exitcode in (0, None) or child.exitcode == -9:
+        return media.MediaError("timeout", f"no result within {limit} s (decoder stuck)")
+    return media.MediaError("decoder_crashed", f"decoding process died with exit code {child.exitcode}")
+
+
 def _check_policy(spec: SampleSpec, clip: media.ClipMedia, info: dict, cfg: BuildConfig) -> media.MediaError | None:
     """The build's rules for a decoded clip (documented in docs/preprocess.md)."""
     has_v, has_a = clip.video_mp4 is not None, clip.audio_pcm is not None
@@ -368,8 +399,11 @@ def _remove_temp_files(out_dir: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def write_shard(out_dir: Path, plan: dict, shard: int, progress=None) -> dict:
-    """Build shard ``shard`` of ``plan`` from scratch (idempotent: same bytes every time)."""
+def write_shard(out_dir: Path, plan: dict, shard: int, progress=None, isolate: bool = False) -> dict:
+    """Build shard ``shard`` of ``plan`` from scratch (idempotent: same bytes every time).
+
+    ``isolate``: decode each source in its own child process (see _decode_group_isolated).
+    """
     cfg = BuildConfig(**plan["config"])
     specs = [_spec_from_json(d) for d in plan["shards"][shard]]
     label_index = {label: i for i, label in enumerate(plan["labels"])}
@@ -386,7 +420,8 @@ def write_shard(out_dir: Path, plan: dict, shard: int, progress=None) -> dict:
         for spec in specs:
             sid = spec.item.source_id
             if sid not in decoded:
-                decoded[sid] = _decode_group(spec.item, by_source[sid], cfg)
+                decode = _decode_group_isolated if isolate else _decode_group
+                decoded[sid] = decode(spec.item, by_source[sid], cfg)
             result = decoded[sid]
             problem = result if isinstance(result, media.MediaError) else None
             if problem is None:
@@ -499,7 +534,7 @@ def build_shards(input: str | Path, out_dir: str | Path, *, name: str | None = N
                  clip_seconds: float | None = None, shard_size_bytes: int = 1_000_000_000, workers: int = 1,
                  seed: int = 0, audio_format: str = "pcm", engine: str = "local", num_tasks: int = 1,
                  task_index: int = 0, address: str | None = None, progress: bool = True,
-                 **config) -> BuildStats:
+                 isolate: bool = False, **config) -> BuildStats:
     """Build (or resume) a shard dataset from ``input`` into ``out_dir``; see the module doc.
 
     ``engine``: ``local`` (process pool of ``workers``), ``ray`` (``address`` of a cluster, or a
@@ -517,7 +552,8 @@ def build_shards(input: str | Path, out_dir: str | Path, *, name: str | None = N
     plan = load_or_make_plan(input, out_dir, cfg)
     mine = [j for j in range(len(plan["shards"])) if j % num_tasks == task_index]
     todo = [j for j in mine if not shard_is_complete(out_dir, cfg, j)]
-    engines.run_shards(out_dir, plan, todo, engine=engine, workers=workers, address=address, progress=progress)
+    engines.run_shards(out_dir, plan, todo, engine=engine, workers=workers, address=address, progress=progress,
+                       isolate=isolate)
     if num_tasks > 1:
         stats = BuildStats(out_dir=out_dir, shards=len(mine))
     else:

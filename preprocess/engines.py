@@ -31,11 +31,11 @@ def _tick(n: int) -> None:
         _progress_queue.put(n)
 
 
-def _pool_task(shard: int) -> int:
+def _pool_task(shard: int, isolate: bool = False) -> int:
     from crisscross.preprocess.build import write_shard
 
     out_dir, plan = _worker_job
-    write_shard(out_dir, plan, shard, progress=_tick)
+    write_shard(out_dir, plan, shard, progress=_tick, isolate=isolate)
     return shard
 
 
@@ -45,7 +45,10 @@ def _bar(total: int, enabled: bool) -> tqdm:
 
 
 def run_shards(out_dir: Path, plan: dict, shards: list[int], *, engine: str = "local", workers: int = 1,
-               address: str | None = None, progress: bool = True) -> None:
+               address: str | None = None, progress: bool = True, isolate: bool = False) -> None:
+    """Build ``shards``. ``isolate`` decodes every source in its own child process from the start;
+    without it the pool and Ray engines still fall back to that, for the shards left, when a
+    worker process dies (a decoder crash), so one bad file cannot stop the build."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose from {ENGINES}")
     if not shards:
@@ -53,33 +56,44 @@ def run_shards(out_dir: Path, plan: dict, shards: list[int], *, engine: str = "l
     total = sum(len(plan["shards"][j]) for j in shards)
     with _bar(total, progress) as bar:
         if engine == "ray":
-            _run_ray(out_dir, plan, shards, address, bar, workers)
+            _run_ray(out_dir, plan, shards, address, bar, workers, isolate)
         elif workers <= 1:
             from crisscross.preprocess.build import write_shard
 
             for j in shards:
-                write_shard(out_dir, plan, j, progress=bar.update)
+                write_shard(out_dir, plan, j, progress=bar.update, isolate=isolate)
         else:
-            _run_pool(out_dir, plan, shards, workers, bar)
+            left = _run_pool(out_dir, plan, shards, workers, bar, isolate)
+            if left:
+                bar.write(f"a worker process died; rebuilding {len(left)} shard(s) with one process per source")
+                if _run_pool(out_dir, plan, left, workers, bar, True):
+                    raise RuntimeError("worker processes keep dying outside decoding; see the log")
 
 
-def _run_pool(out_dir: Path, plan: dict, shards: list[int], workers: int, bar: tqdm) -> None:
-    # fork: workers inherit the imported modules (fast start); the parent holds no threads
-    # that matter here (no decoder runs in the parent)
+def _run_pool(out_dir: Path, plan: dict, shards: list[int], workers: int, bar: tqdm, isolate: bool) -> list[int]:
+    """Run shards on a process pool; returns the shards not finished if a worker died."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    # fork: workers inherit the imported modules and the plan (passed once, not per task)
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
-    with ctx.Pool(processes=min(workers, len(shards)), initializer=_init_worker,
-                  initargs=(queue, str(out_dir), plan)) as pool:  # fork: initargs are inherited, not pickled
-        pending = pool.imap_unordered(_pool_task, shards)
-        done = 0
-        while done < len(shards):
-            _drain(queue, bar)
-            try:
-                pending.next(timeout=0.2)
-                done += 1
-            except mp.TimeoutError:
-                continue
-        _drain(queue, bar)
+    done: set[int] = set()
+    with ProcessPoolExecutor(max_workers=min(workers, len(shards)), mp_context=ctx, initializer=_init_worker,
+                             initargs=(queue, str(out_dir), plan)) as pool:
+        futures = {pool.submit(_pool_task, j, isolate): j for j in shards}
+        pending = set(futures)
+        try:
+            while pending:
+                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                _drain(queue, bar)
+                for future in finished:
+                    future.result()  # re-raises a task's exception (not a decode error: those are rows)
+                    done.add(futures[future])
+        except BrokenProcessPool:
+            pass
+    _drain(queue, bar)
+    return [j for j in shards if j not in done]
 
 
 def _drain(queue, bar: tqdm) -> None:
@@ -92,8 +106,10 @@ def _drain(queue, bar: tqdm) -> None:
             return
 
 
-def _run_ray(out_dir: Path, plan: dict, shards: list[int], address: str | None, bar: tqdm, workers: int) -> None:
+def _run_ray(out_dir: Path, plan: dict, shards: list[int], address: str | None, bar: tqdm, workers: int,
+             isolate: bool) -> None:
     import ray
+    from ray.exceptions import WorkerCrashedError
 
     started_here = not ray.is_initialized()
     if started_here:
@@ -102,21 +118,28 @@ def _run_ray(out_dir: Path, plan: dict, shards: list[int], address: str | None, 
         else:  # a local instance sized like the local pool
             ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False)
     try:
-        remote = ray.remote(num_cpus=1, max_retries=2)(_ray_task)
+        remote = ray.remote(num_cpus=1, max_retries=1)(_ray_task)
         plan_ref = ray.put(plan)
-        refs = {remote.remote(str(out_dir), plan_ref, j): j for j in shards}
+        refs = {remote.remote(str(out_dir), plan_ref, j, isolate): j for j in shards}
         while refs:
             ready, _ = ray.wait(list(refs), num_returns=1)
             for ref in ready:
-                ray.get(ref)  # re-raises a task's failure
-                bar.update(len(plan["shards"][refs.pop(ref)]))
+                shard = refs.pop(ref)
+                try:
+                    ray.get(ref)  # re-raises a task's failure
+                except WorkerCrashedError:
+                    if isolate:
+                        raise
+                    refs[remote.remote(str(out_dir), plan_ref, shard, True)] = shard  # again, crash-proof
+                    continue
+                bar.update(len(plan["shards"][shard]))
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _ray_task(out_dir: str, plan: dict, shard: int) -> int:
+def _ray_task(out_dir: str, plan: dict, shard: int, isolate: bool = False) -> int:
     from crisscross.preprocess.build import write_shard
 
-    write_shard(Path(out_dir), plan, shard)
+    write_shard(Path(out_dir), plan, shard, isolate=isolate)
     return shard

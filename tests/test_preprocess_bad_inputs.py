@@ -113,3 +113,33 @@ def test_a_decode_that_runs_too_long_becomes_a_timeout_error(shared_data, tmp_pa
     info = read_dataset(out)
     assert [(e["source"], e["reason"]) for e in info.errors] == [("slow.webm", "timeout")]
     assert [r["source"] for r in info.manifest] == ["fine.flac"]  # the worker went on
+
+
+def test_a_decoder_crash_kills_no_build(shared_data, tmp_path, monkeypatch):
+    """FFmpeg cannot be made to segfault on demand, so the crash is injected: decoding one file
+    kills its process with SIGSEGV. The pool loses a worker, rebuilds the shards left with one
+    process per source, and the crashing file becomes an error row."""
+    import faulthandler
+    import signal
+
+    from crisscross.preprocess import media
+
+    real_decode = media.decode_source
+
+    def crashing_decode(path, *args, **kwargs):
+        if path.endswith("crash.mpg"):
+            faulthandler.disable()  # pytest's traceback dump is noise for an intended crash
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return real_decode(path, *args, **kwargs)
+
+    monkeypatch.setattr(media, "decode_source", crashing_decode)  # inherited by forked workers
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ["a.mpg", "crash.mpg", "b.mpg", "c.mpg"]:
+        os.symlink(shared_data / GRID, src / name)
+    out = tmp_path / "ds"
+    stats = build_shards(src, out, samples_per_shard=1, workers=2, progress=False)
+    info = read_dataset(out)
+    assert [(e["source"], e["reason"]) for e in info.errors] == [("crash.mpg", "decoder_crashed")]
+    assert sorted(r["source"] for r in info.manifest) == ["a.mpg", "b.mpg", "c.mpg"]
+    assert stats.samples == 3 and verify_dataset(out) == []

@@ -45,6 +45,8 @@ def _register_build(sub) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
     p.add_argument("--num-tasks", type=int, default=1, help="job array size (then run `shards merge`)")
     p.add_argument("--task-index", type=int, default=0, help="this job array task (0-based)")
+    p.add_argument("--isolate", action="store_true",
+                   help="decode each source in its own process (survives decoder crashes and hangs; slower)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_build)
 
@@ -59,7 +61,7 @@ def _build(args: argparse.Namespace) -> int:
         sample_rate=args.sample_rate, clip_seconds=args.clip_seconds, shard_size_bytes=int(args.shard_size * 1e6),
         workers=args.workers, seed=args.seed, audio_format=args.audio_format, engine=args.engine,
         num_tasks=args.num_tasks, task_index=args.task_index, address=args.address,
-        progress=not args.no_progress, min_seconds=args.min_seconds, require=args.require,
+        progress=not args.no_progress, isolate=args.isolate, min_seconds=args.min_seconds, require=args.require,
         jpeg_qscale=args.jpeg_qscale, samples_per_shard=args.samples_per_shard, adapter=args.adapter,
         split=args.split, item_timeout_s=args.item_timeout,
         video_root=str(Path(args.video_root).resolve()) if args.video_root else None)
