@@ -177,28 +177,33 @@ def make_plan(input_path: str | Path, cfg: BuildConfig) -> dict:
     shuffled = [specs[i] for i in order]
     shards = [shuffled[i:i + per_shard] for i in range(0, len(shuffled), per_shard)]
     labels = sorted({s.item.label for s in specs if s.item.label is not None})
+    item_number = {item.source_id: i for i, item in enumerate(items)}
     return {
         "format_version": fmt.FORMAT_VERSION,
         "config": dataclasses.asdict(cfg),
         "input": str(Path(input_path).resolve()),
         "labels": labels,
         "sources": len(items),
-        "shards": [[_spec_to_json(s) for s in shard] for shard in shards],
+        # items once; a sample is [item number, clip index, start, end, key] (compact for big inputs)
+        "items": [dataclasses.asdict(item) for item in items],
+        "shards": [[_spec_to_json(s, item_number) for s in shard] for shard in shards],
     }
 
 
-def _spec_to_json(spec: SampleSpec) -> dict:
-    return {"key": spec.key, "item": dataclasses.asdict(spec.item), "clip_index": spec.clip_index,
-            "start": spec.start, "end": spec.end}
+def _spec_to_json(spec: SampleSpec, item_number: dict[str, int]) -> list:
+    return [item_number[spec.item.source_id], spec.clip_index, spec.start, spec.end, spec.key]
 
 
-def _spec_from_json(d: dict) -> SampleSpec:
-    return SampleSpec(d["key"], SourceItem(**d["item"]), d["clip_index"], d["start"], d["end"])
+def specs_of_shard(plan: dict, shard: int) -> list[SampleSpec]:
+    specs = []
+    for item_no, clip_index, start, end, key in plan["shards"][shard]:
+        specs.append(SampleSpec(key, SourceItem(**plan["items"][item_no]), clip_index, start, end))
+    return specs
 
 
-def write_json_atomic(path: Path, obj) -> None:
+def write_json_atomic(path: Path, obj, indent: int | None = 1) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    tmp.write_text(json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
 
 
@@ -213,7 +218,7 @@ def load_or_make_plan(input_path: str | Path, out_dir: Path, cfg: BuildConfig) -
             raise ValueError(f"{out_dir} holds a build with other parameters or input; use a new --out")
         return plan
     plan = make_plan(input_path, cfg)
-    write_json_atomic(path, plan)
+    write_json_atomic(path, plan, indent=None)
     return plan
 
 
@@ -405,7 +410,7 @@ def write_shard(out_dir: Path, plan: dict, shard: int, progress=None, isolate: b
     ``isolate``: decode each source in its own child process (see _decode_group_isolated).
     """
     cfg = BuildConfig(**plan["config"])
-    specs = [_spec_from_json(d) for d in plan["shards"][shard]]
+    specs = specs_of_shard(plan, shard)
     label_index = {label: i for i, label in enumerate(plan["labels"])}
     tar_path = out_dir / fmt.shard_name(cfg.name, shard)
     _remove_leftovers(out_dir, tar_path, shard)
