@@ -305,6 +305,12 @@ def augment_video(frames: DataNode, aug: VideoAugment, crop: int, draws: Draws) 
 # ----------------------------------------------------------------------------- audio
 
 
+def _periodic_hann(length: int) -> list[float]:
+    """scipy.signal.get_window("hann", n) (periodic), librosa's STFT window; DALI's default
+    window is the symmetric one, which moves the lowest mel bands by up to 0.09 in log."""
+    return np.hanning(length + 1)[:-1].astype(np.float32).tolist()
+
+
 def log_mel(wave: DataNode, mel: LogMel, num_samples: int) -> DataNode:
     """float32 waveform ``[N]`` -> ``[n_mels, N // hop]`` log-mel (zero-padded centred STFT, as librosa)."""
     spec = fn.spectrogram(
@@ -315,6 +321,7 @@ def log_mel(wave: DataNode, mel: LogMel, num_samples: int) -> DataNode:
         center_windows=True,
         reflect_padding=False,
         power=2,
+        window_fn=_periodic_hann(mel.n_fft),
     )
     bank = fn.mel_filter_bank(
         spec,

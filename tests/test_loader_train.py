@@ -1,0 +1,359 @@
+"""The DALI training loader on real shards built from generated index clips (real DALI on CPU).
+
+Clips are 16 fps, 128x128 (-> 112x112 shards, so a 112 crop keeps the whole frame) and show their
+frame index as a block code (``tools.demo_data``), so the decoded frames say which frames they are.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pytest
+import torch
+
+from crisscross.preprocess.build import build_shards
+from crisscross.shards import format as shard_format
+from crisscross.shards.augment import KINETICS_MEAN, KINETICS_STD, LOG_EPS, LOGMEL_MEAN, LOGMEL_STD
+from crisscross.shards.loader import LoaderConfig, ShardError, build_train_loader, find_shards
+from crisscross.shards.pipelines import ReaderSpec, build_pipeline, plan_graph
+from crisscross.shards.reader import iter_samples
+from crisscross.shards.views import FALLBACK_NONE, FALLBACK_PADDED, FALLBACK_SHRUNK
+from crisscross.tools.demo_data import read_frame_index, write_av_file, write_index_clip
+
+CLIP_SECONDS = {"long": 12.0, "mid": 7.0, "short": 3.5, "tiny": 1.5}
+NO_VIDEO_AUG = {"crop": False, "flip": False, "color_jitter": False, "grayscale": False, "blur": False, "cutout": False}
+NO_AUDIO_AUG = {"volume": False, "freq_mask": False, "time_mask": False, "random_crop": False}
+
+
+@pytest.fixture(scope="session")
+def index_shards(tmp_path_factory) -> Path:
+    """Four index clips (12, 7, 3.5, 1.5 s) in two shards."""
+    root = tmp_path_factory.mktemp("loader_index")
+    src = root / "src"
+    src.mkdir()
+    for name, seconds in CLIP_SECONDS.items():
+        write_index_clip(src / f"{name}.mp4", seconds=seconds, fps=16, size=(128, 128), codec="mjpeg")
+    build_shards(src, root / "shards", name="idx", progress=False, samples_per_shard=2)
+    return root / "shards"
+
+
+@pytest.fixture(scope="session")
+def static_shards(tmp_path_factory) -> Path:
+    """Four clips whose frames are all the same textured image: a temporally consistent
+    augmentation must then give identical frames within a view."""
+    root = tmp_path_factory.mktemp("loader_static")
+    src = root / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        base = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+        image = np.kron(base, np.ones((16, 16, 1), dtype=np.uint8))  # 128x128 blocks: survives JPEG
+        audio = (0.1 * rng.standard_normal(16000 * 4)).astype(np.float32)
+        write_av_file(src / f"static{i}.mp4", (image for _ in range(64)), audio, fps=16, sample_rate=16000, video_codec="mjpeg")
+    build_shards(src, root / "shards", name="static", progress=False)
+    return root / "shards"
+
+
+@pytest.fixture(scope="session")
+def samples(index_shards) -> dict:
+    """key -> (index vector, frames, audio) as the plain-Python reader decodes them."""
+    return {s.key: s for s in iter_samples(index_shards)}
+
+
+def _name(samples: dict, key: str) -> str:
+    """The source clip's name (its file stem) of a sample key."""
+    return Path(samples[key].meta["source"]).stem
+
+
+def _config(shards: Path, **overrides) -> dict:
+    cfg = {"shards": str(shards), "frames": 4, "crop": 112, "audio_seconds": 2.0, "num_threads": 2,
+           "shuffle_buffer": 4, "augment": {"video": NO_VIDEO_AUG, "audio": NO_AUDIO_AUG}}
+    cfg.update(overrides)
+    return cfg
+
+
+def _unnormalize(video: torch.Tensor) -> np.ndarray:
+    """[3,T,H,W] normalized -> [T,H,W,3] uint8-range floats."""
+    mean = torch.tensor(KINETICS_MEAN).view(3, 1, 1, 1)
+    std = torch.tensor(KINETICS_STD).view(3, 1, 1, 1)
+    return ((video * std + mean) * 255.0).permute(1, 2, 3, 0).numpy()
+
+
+def _librosa_logmel(wave: np.ndarray) -> np.ndarray:
+    mel = librosa.feature.melspectrogram(y=wave, sr=16000, n_fft=1024, hop_length=160, n_mels=80, fmin=0.0, power=2.0)
+    return np.log(mel + LOG_EPS)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_config_rejects_unknown_keys_and_modes(index_shards):
+    with pytest.raises(ValueError, match="unknown keys"):
+        LoaderConfig.from_dict({"shards": str(index_shards), "relaxtion": "mild"})
+    with pytest.raises(ValueError, match="relaxation"):
+        LoaderConfig.from_dict({"shards": str(index_shards), "relaxation": "wild"})
+    with pytest.raises(ValueError, match="unknown keys"):
+        LoaderConfig.from_dict({"shards": str(index_shards), "augment": {"video": {"blurr": False}}})
+    cfg = LoaderConfig.from_dict({"shards": str(index_shards), "augment": {"audio": {"time_warp": True}}})
+    assert cfg.augment.audio.time_warp and cfg.augment.video.blur and cfg.relaxation == "mild"
+
+
+# ----------------------------------------------------------------------------- exact content
+
+
+def test_frames_and_audio_are_exactly_the_sampled_window(index_shards, samples):
+    """Every decoded frame is the shard frame round((t - video_offset) * fps) + j, and every
+    log-mel is librosa's on the PCM window starting at round((t - audio_offset) * sr)."""
+    loader = build_train_loader(_config(index_shards, relaxation="mixed"), batch_size=2, seed=3)
+    checked = 0
+    for _ in range(2):
+        for batch in loader:
+            for b, key in enumerate(batch["key"]):
+                sample = samples[key]
+                idx = sample.index
+                fps, sr = idx[shard_format.Index.FPS], idx[shard_format.Index.SAMPLE_RATE]
+                nf = int(idx[shard_format.Index.NUM_FRAMES])
+                for view in (1, 2):
+                    t_video, t_audio = batch["times"][b, 2 * (view - 1)].item(), batch["times"][b, 2 * (view - 1) + 1].item()
+                    first = int(np.floor((t_video - idx[shard_format.Index.VIDEO_OFFSET]) * fps + 0.5))
+                    expected = [min(first + j, nf - 1) for j in range(4)]
+                    frames = _unnormalize(batch[f"v{view}"][b])
+                    assert [read_frame_index(f) for f in frames] == expected
+                    # pixels too: the same frames the plain-Python reader decodes (same JPEG data)
+                    assert np.abs(frames - sample.frames[expected].astype(np.float32)).mean() < 2.0
+                    start = int(np.floor((t_audio - idx[shard_format.Index.AUDIO_OFFSET]) * sr + 0.5))
+                    window = np.zeros(32000, np.float32)
+                    part = sample.audio[start : start + 32000]
+                    window[: len(part)] = part
+                    reference = (_librosa_logmel(window)[:, :200] - LOGMEL_MEAN) / LOGMEL_STD
+                    got = batch[f"a{view}"][b, 0].numpy()
+                    assert got.shape == (80, 200)
+                    np.testing.assert_allclose(got, reference, atol=1e-3)
+                checked += 1
+    assert checked >= 8
+
+
+def test_view_audio_and_video_start_together(index_shards, samples):
+    """In modes none/extreme/mixed both views are A/V-aligned; in mild/medium view 1 is (view 2's
+    audio is offset by Wa/2 resp. Wa, its video by Wv/2 resp. Wv: the official code's windows)."""
+    for mode in ("none", "mild", "extreme", "mixed"):
+        loader = build_train_loader(_config(index_shards, relaxation=mode), batch_size=2, seed=1)
+        for batch in loader:
+            t = batch["times"].numpy()
+            np.testing.assert_allclose(t[:, 0], t[:, 1], atol=1e-9)
+            if mode != "mild":
+                np.testing.assert_allclose(t[:, 2], t[:, 3], atol=1e-9)
+            # the frame shown at the view start is the one decoded first
+            for b, key in enumerate(batch["key"]):
+                frames = _unnormalize(batch["v1"][b])
+                assert read_frame_index(frames[0]) == min(int(np.floor(t[b, 0] * 16 + 0.5)), int(samples[key].index[0]) - 1)
+
+
+# ----------------------------------------------------------------------------- modes (plan pipeline only)
+
+
+def _draw_times(shards: Path, mode: str, rounds: int, **cfg_overrides) -> list[tuple[str, np.ndarray, int]]:
+    """Many (key, times, fallback) draws from the real plan pipeline (no decoding needed)."""
+    cfg = LoaderConfig.from_dict(_config(shards, relaxation=mode, frames=8, **cfg_overrides))
+    found = find_shards(shards)
+    reader = ReaderSpec(paths=found.tars, index_paths=found.indexes, shuffle=False)
+    pipe = build_pipeline(lambda: plan_graph(cfg.graph_spec(), reader, []), device="cpu", batch_size=4,
+                          num_threads=1, device_id=None, seed=11)
+    draws = []
+    for _ in range(rounds):
+        outputs = pipe.run()
+        keys = [bytes(r).rstrip(b"\0").decode().rsplit(":", 1)[-1].split(".")[0] for r in outputs[4].as_array()]
+        for key, times, code in zip(keys, outputs[5].as_array(), outputs[6].as_array()):
+            draws.append((key, times.copy(), int(code)))
+    return draws
+
+
+@pytest.mark.parametrize("mode", ["none", "mild", "medium", "extreme", "extreme_official", "mixed"])
+def test_mode_offsets_hold_over_many_draws(index_shards, samples, mode):
+    wv, wa = 0.5, 2.0  # 8 frames at 16 fps; 2 s audio
+    draws = _draw_times(index_shards, mode, rounds=50)
+    codes = {}
+    for key, (tv1, ta1, tv2, ta2), code in draws:
+        idx = samples[key].index
+        video_end = idx[shard_format.Index.NUM_FRAMES] / idx[shard_format.Index.FPS] + idx[shard_format.Index.VIDEO_OFFSET]
+        audio_end = idx[shard_format.Index.NUM_AUDIO_SAMPLES] / idx[shard_format.Index.SAMPLE_RATE] + idx[shard_format.Index.AUDIO_OFFSET]
+        lo = max(idx[shard_format.Index.VIDEO_OFFSET], idx[shard_format.Index.AUDIO_OFFSET])
+        codes.setdefault(_name(samples, key), set()).add(code)
+        assert min(tv1, ta1, tv2, ta2) >= lo - 1e-9
+        if code == FALLBACK_PADDED:
+            assert tv1 == ta1 == lo
+            continue
+        for tv, ta in ((tv1, ta1), (tv2, ta2)):  # every window inside the clip
+            assert tv + wv <= video_end + 1e-9 and ta + wa <= audio_end + 1e-9
+        if code != FALLBACK_NONE:
+            assert code == FALLBACK_SHRUNK
+            continue
+        if mode == "none":
+            assert tv1 == ta1 == tv2 == ta2
+        elif mode in ("mild", "medium"):
+            step = 0.5 if mode == "mild" else 1.0
+            assert tv2 - tv1 == pytest.approx(step * wv) and ta2 - ta1 == pytest.approx(step * wa)
+            assert tv1 == ta1
+        elif mode == "extreme_official":
+            assert tv2 - tv1 == pytest.approx(3.0) and ta2 - ta1 == pytest.approx(3.0)
+        elif mode == "extreme":
+            middle = 0.5 * (lo + min(video_end, audio_end))
+            assert tv1 + wa <= middle + 1e-9 and tv2 >= middle - 1e-9
+    # The 1.5 s clip is shorter than one 2 s view: always padded, never silently.
+    assert codes["tiny"] == {FALLBACK_PADDED}
+    assert codes["long"] == {FALLBACK_NONE}
+    if mode in ("extreme", "extreme_official"):
+        assert codes["short"] == {FALLBACK_SHRUNK}  # 3.5 s: no room for two disjoint halves / a 3 s gap
+    if mode == "mixed":
+        ordered = [(t[0] < t[2]) for k, t, c in draws if _name(samples, k) == "long"]
+        assert any(ordered) and not all(ordered)  # independent draws: either view may come first
+    else:
+        starts = [t[0] for k, t, c in draws if _name(samples, k) == "long"]
+        assert np.std(starts) > 0.3  # t1 is random, not a constant
+
+
+def test_video_jitter_keeps_video_inside_audio_window(index_shards):
+    for _, (tv1, ta1, tv2, ta2), code in _draw_times(index_shards, "mild", rounds=10, video_jitter=True):
+        if code == FALLBACK_NONE:
+            assert ta1 <= tv1 <= ta1 + 1.5 + 1e-9 and ta2 <= tv2 <= ta2 + 1.5 + 1e-9
+
+
+def test_short_clip_fallbacks_are_counted(index_shards):
+    loader = build_train_loader(_config(index_shards, relaxation="extreme", shuffle=False), batch_size=2, seed=0)
+    for _ in loader:
+        pass
+    stats = loader.stats()
+    assert stats["samples"] == 4 and stats["fallback_padded"] == 1 and stats["fallback_shrunk"] == 1
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def test_augmentation_is_consistent_within_a_view_and_differs_across_views(static_shards):
+    cfg = {"shards": str(static_shards), "frames": 4, "crop": 64, "audio_seconds": 1.0, "shuffle_buffer": 4}
+    loader = build_train_loader(cfg, batch_size=4, seed=5)  # every augmentation on
+    batch = next(iter(loader))
+    for view in ("v1", "v2"):
+        clips = batch[view]
+        assert clips.shape == (4, 3, 4, 64, 64)
+        # all frames of a static clip went through the same crop/flip/colour/blur/cutout
+        assert torch.equal(clips[:, :, :1].expand_as(clips), clips)
+    differs = [not torch.allclose(batch["v1"][b], batch["v2"][b], atol=1e-3) for b in range(4)]
+    assert all(differs)
+    assert batch["a1"].shape == (4, 1, 80, 100)
+    assert not torch.allclose(batch["a1"], batch["a2"])
+
+
+def test_each_augmentation_can_be_switched_off(static_shards):
+    cfg = {"shards": str(static_shards), "frames": 2, "crop": 64, "audio_seconds": 1.0, "relaxation": "none",
+           "augment": {"video": NO_VIDEO_AUG, "audio": NO_AUDIO_AUG}}
+    batch = next(iter(build_train_loader(cfg, batch_size=4, seed=5)))
+    # relaxation none + no augmentation: the two views are identical
+    assert torch.equal(batch["v1"], batch["v2"]) and torch.equal(batch["a1"], batch["a2"])
+    for name in ("flip", "color_jitter", "cutout", "crop"):
+        video = dict(NO_VIDEO_AUG, **{name: True})
+        if name == "flip":
+            video["flip_p"] = 1.0
+        cfg_on = dict(cfg, augment={"video": video, "audio": NO_AUDIO_AUG})
+        on = next(iter(build_train_loader(cfg_on, batch_size=4, seed=5)))
+        assert not torch.equal(on["v1"], batch["v1"]), name
+        if name == "flip":
+            assert torch.allclose(on["v1"], batch["v1"].flip(-1))
+    for name in ("volume", "freq_mask", "time_mask", "random_crop", "time_warp"):
+        cfg_on = dict(cfg, augment={"video": NO_VIDEO_AUG, "audio": dict(NO_AUDIO_AUG, **{name: True})})
+        on = next(iter(build_train_loader(cfg_on, batch_size=4, seed=5)))
+        assert on["a1"].shape == batch["a1"].shape and not torch.equal(on["a1"], batch["a1"]), name
+
+
+# ----------------------------------------------------------------------------- determinism and resume
+
+
+def _collect(loader, n: int) -> list[dict]:
+    out = []
+    while len(out) < n:
+        for batch in loader:
+            out.append(batch)
+            if len(out) == n:
+                break
+    return out
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a["key"] == b["key"] and all(torch.equal(a[k], b[k]) for k in ("v1", "v2", "a1", "a2", "times"))
+
+
+def test_same_seed_same_batches_other_seed_other_batches(static_shards):
+    cfg = {"shards": str(static_shards), "frames": 2, "crop": 32, "audio_seconds": 1.0, "shuffle_buffer": 4}
+    first = _collect(build_train_loader(cfg, batch_size=2, seed=7), 3)
+    again = _collect(build_train_loader(cfg, batch_size=2, seed=7), 3)
+    other = _collect(build_train_loader(cfg, batch_size=2, seed=8), 3)
+    assert all(_same(a, b) for a, b in zip(first, again))
+    assert not all(_same(a, b) for a, b in zip(first, other))
+
+
+def test_checkpoint_restore_continues_the_same_sequence(static_shards):
+    cfg = {"shards": str(static_shards), "frames": 2, "crop": 32, "audio_seconds": 1.0, "shuffle_buffer": 4}
+    reference = build_train_loader(cfg, batch_size=1, seed=2)
+    assert len(reference) == 4
+    stream = iter(reference)
+    for _ in range(3):  # stop mid-epoch
+        next(stream)
+    state = reference.state_dict()
+    expected = [next(stream)]  # the rest of epoch 0 ...
+    expected += _collect(reference, 5)  # ... and into the next epochs
+    restored = build_train_loader(cfg, batch_size=1, seed=2)
+    restored.load_state_dict(state)
+    got = _collect(restored, 6)
+    assert [b["key"] for b in got] == [b["key"] for b in expected]
+    assert all(_same(a, b) for a, b in zip(got, expected))
+    assert restored.stats()["epoch"] == reference.stats()["epoch"]
+    with pytest.raises(ValueError, match="different"):
+        build_train_loader(dict(cfg, relaxation="none"), batch_size=1, seed=2).load_state_dict(state)
+
+
+def test_two_ranks_see_disjoint_samples_covering_the_dataset(index_shards, samples):
+    for epoch in range(2):
+        seen = []
+        loaders = [build_train_loader(_config(index_shards), batch_size=2, rank=r, world_size=2, seed=4) for r in (0, 1)]
+        for loader in loaders:
+            assert len(loader) == 1
+            for _ in range(epoch):  # later epochs too (DALI rotates shards between epochs)
+                for _ in loader:
+                    pass
+            keys = [k for batch in loader for k in batch["key"]]
+            assert len(keys) == 2
+            seen.append({_name(samples, k) for k in keys})
+        assert not seen[0] & seen[1]
+        assert seen[0] | seen[1] == set(CLIP_SECONDS)
+
+
+# ----------------------------------------------------------------------------- bad shards
+
+
+def test_truncated_shard_is_named(index_shards, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(index_shards, broken)
+    tar = broken / "idx-000001.tar"
+    data = tar.read_bytes()
+    tar.write_bytes(data[: len(data) // 2 // 512 * 512])
+    with pytest.raises(ShardError, match="idx-000001.tar"):
+        build_train_loader(_config(broken), batch_size=2)
+
+
+def test_corrupt_video_in_a_shard_is_named(index_shards, tmp_path):
+    broken = tmp_path / "corrupt"
+    shutil.copytree(index_shards, broken)
+    tar = broken / "idx-000000.tar"
+    data = bytearray(tar.read_bytes())
+    line = (broken / "idx-000000.idx").read_text().splitlines()[1].split()
+    ext_pos = line.index(shard_format.VIDEO_EXT)
+    offset, size = int(line[ext_pos + 1]), int(line[ext_pos + 2])
+    data[offset : offset + size] = bytes(size)  # the first sample's video: zeros
+    tar.write_bytes(bytes(data))
+    loader = build_train_loader(_config(broken, shuffle=False), batch_size=2)
+    with pytest.raises(ShardError, match="idx-000000.tar"):
+        for _ in loader:
+            pass
