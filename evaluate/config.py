@@ -100,7 +100,7 @@ def preset_names() -> list[str]:
 
 def _read_yaml(name_or_path: str) -> dict[str, Any]:
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.is_file():  # a folder named like a preset is not a config
         text = path.read_text(encoding="utf-8")
     else:
         preset = resources.files("crisscross.evaluate").joinpath("presets", f"{name_or_path}.yaml")

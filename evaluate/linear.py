@@ -147,7 +147,9 @@ def cv_splits(train: FeatureSet, n_folds: int, seed: int) -> list[tuple[np.ndarr
     """Stratified, grouped K-fold over the training samples (never over single clips)."""
     groups = train.groups if train.groups is not None else np.arange(len(train.keys))
     n_groups = len(np.unique(groups))
-    n_folds = min(n_folds, n_groups)
+    # small training splits (the reduced demo, a tiny class): no more folds than the smallest class has samples
+    smallest_class = int(min(c for c in np.bincount(train.labels) if c > 0)) if len(train.labels) else 0
+    n_folds = min(n_folds, n_groups, max(smallest_class, 2))
     if n_folds < 2:
         raise ValueError(f"cross-validation needs at least 2 groups in the training split, got {n_groups}")
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)

@@ -137,7 +137,9 @@ def _check_shard(tar: Path, idx: Path | None) -> None:
     lines = idx.read_text().split("\n")
     for line in lines[1:]:
         parts = line.split()
-        for i in range(0, len(parts) - 2, 3):
+        # wds2idx v1.2 lines: (ext offset size member_name) per component; v1.1: (ext offset size)
+        step = 4 if lines[0].startswith("v1.2") else 3
+        for i in range(0, len(parts) - 2, step):
             if int(parts[i + 1]) + int(parts[i + 2]) > size:
                 raise ShardError(f"shard {tar} is truncated: its index {idx.name} points past its end ({size} bytes)")
 
