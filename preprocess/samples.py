@@ -1,0 +1,174 @@
+"""One source -> decoded clips -> checked against the build's policy -> shard components.
+
+Everything that can go wrong with one input ends here as a ``MediaError`` (an errors.parquet
+row), never as an exception that stops a worker: Python errors are caught, a decode that runs too
+long is interrupted (SIGALRM), and with isolation a decoder that crashes its process costs only a
+forked child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import threading
+
+from crisscross.preprocess import media
+from crisscross.preprocess.plan import BuildConfig, SampleSpec
+from crisscross.preprocess.sources import SourceItem
+from crisscross.shards import format as fmt
+
+class _Timeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """SIGALRM-based limit; PyAV returns to Python between packets, so a stuck decode is cut off.
+    Only in a main thread (signals); elsewhere no limit is applied."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise _Timeout()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def decode_group(item: SourceItem, specs: list[SampleSpec], cfg: BuildConfig) -> tuple[dict, list] | media.MediaError:
+    """Decode one source for all its spans in this shard; any failure becomes a MediaError."""
+    try:
+        if not os.path.isfile(item.path):
+            raise media.MediaError("missing", "no such file" if not os.path.exists(item.path) else "not a regular file")
+        if os.path.getsize(item.path) == 0:
+            raise media.MediaError("empty_file", "0 bytes")
+        with _time_limit(cfg.item_timeout_s):
+            sha = _sha256(item.path)
+            result = media.decode_source(item.path, [(s.start, s.end) for s in specs], cfg.media_config(),
+                                         need_video=not item.audio_only)
+        result.info["sha256"] = sha
+        return result.info, result.clips
+    except media.MediaError as exc:
+        return exc
+    except _Timeout:
+        return media.MediaError("timeout", f"decoding took over {cfg.item_timeout_s} s")
+    except (PermissionError, OSError) as exc:
+        return media.MediaError("unreadable", f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - a bad file must never take the worker down
+        return media.MediaError("decode_failed", f"{type(exc).__name__}: {exc}")
+
+
+def _isolated_child(conn, item: SourceItem, specs: list[SampleSpec], cfg: BuildConfig) -> None:
+    conn.send(decode_group(item, specs, cfg))
+    conn.close()
+
+
+def decode_group_isolated(item: SourceItem, specs: list[SampleSpec], cfg: BuildConfig) -> tuple[dict, list] | media.MediaError:
+    """``decode_group`` in a forked child: a decoder that crashes the process (segfault, abort)
+    or hangs inside FFmpeg costs that child only and becomes an error row."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    receiver, sender = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_isolated_child, args=(sender, item, specs, cfg))
+    child.start()
+    sender.close()
+    limit = cfg.item_timeout_s + 30.0 if cfg.item_timeout_s > 0 else None  # the child's own alarm fires first
+    try:
+        if receiver.poll(limit):
+            return receiver.recv()  # before join: a large result would block the child's send
+    except EOFError:
+        pass  # the child died before sending
+    finally:
+        receiver.close()
+        if child.is_alive():
+            child.kill()
+        child.join()
+    if child.exitcode in (0, None) or child.exitcode == -9:
+        return media.MediaError("timeout", f"no result within {limit} s (decoder stuck)")
+    return media.MediaError("decoder_crashed", f"decoding process died with exit code {child.exitcode}")
+
+
+def check_policy(spec: SampleSpec, clip: media.ClipMedia, info: dict, cfg: BuildConfig) -> media.MediaError | None:
+    """The build's rules for a decoded clip (documented in docs/preprocess.md)."""
+    has_v, has_a = clip.video_mp4 is not None, clip.audio_pcm is not None
+    audio_only = spec.item.audio_only
+    expected_end = spec.end if spec.end is not None else info.get("duration")
+    if expected_end:
+        missing = expected_end - info["decoded_end"]
+        if missing > max(0.5, 0.1 * (expected_end - spec.start)):
+            return media.MediaError("truncated", f"decodes to {info['decoded_end']:.2f} s of {expected_end:.2f} s")
+    if cfg.require in ("av", "video") and not has_v and not audio_only:
+        return media.MediaError("no_video", "no video stream (or no frame in the span)")
+    if cfg.require in ("av", "audio") and not has_a:
+        return media.MediaError("no_audio", "no audio stream (or no sample in the span)")
+    if not has_v and not has_a:
+        return media.MediaError("empty_span", "no frame and no audio sample in the span")
+    duration = _duration(clip, cfg)
+    if duration < cfg.min_seconds:
+        return media.MediaError("too_short", f"{duration:.3f} s < min_seconds {cfg.min_seconds}")
+    return None
+
+
+def _duration(clip: media.ClipMedia, cfg: BuildConfig) -> float:
+    v = clip.video_offset + clip.num_frames / cfg.fps if clip.video_mp4 is not None else 0.0
+    a = clip.audio_offset + clip.audio_pcm.size / cfg.sample_rate if clip.audio_pcm is not None else 0.0
+    return max(v, a)
+
+
+def components(spec: SampleSpec, clip: media.ClipMedia, info: dict, cfg: BuildConfig,
+                label_index: int) -> tuple[dict[str, bytes], dict]:
+    has_v, has_a = clip.video_mp4 is not None, clip.audio_pcm is not None
+    duration = _duration(clip, cfg)
+    n_audio = clip.audio_pcm.size if has_a else 0
+    index = fmt.encode_index({
+        fmt.Index.NUM_FRAMES: clip.num_frames, fmt.Index.FPS: cfg.fps if has_v else 0,
+        fmt.Index.NUM_AUDIO_SAMPLES: n_audio, fmt.Index.SAMPLE_RATE: cfg.sample_rate if has_a else 0,
+        fmt.Index.T0: spec.start, fmt.Index.DURATION: duration,
+        fmt.Index.HAS_VIDEO: int(has_v), fmt.Index.HAS_AUDIO: int(has_a),
+        fmt.Index.VIDEO_OFFSET: clip.video_offset, fmt.Index.AUDIO_OFFSET: clip.audio_offset,
+    })
+    meta = {
+        "key": spec.key, "format_version": fmt.FORMAT_VERSION, "source": spec.item.source_id,
+        "source_sha256": info.get("sha256"), "label": spec.item.label, "label_index": label_index,
+        "split": spec.item.split, "fold": spec.item.fold, "clip_index": spec.clip_index,
+        "clip_start": spec.start, "clip_end": spec.start + duration,
+        "original": {k: v for k, v in sorted(info.items()) if k != "sha256"},
+    }
+    comps: dict[str, bytes] = {}
+    if has_v:
+        comps[fmt.VIDEO_EXT] = clip.video_mp4
+    if has_a:
+        ext = fmt.AUDIO_PCM_EXT if cfg.audio_format == "pcm" else fmt.AUDIO_FLAC_EXT
+        comps[ext] = media.encode_audio(clip.audio_pcm, cfg.sample_rate, cfg.audio_format)
+    comps[fmt.INDEX_EXT] = index
+    comps[fmt.META_EXT] = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    row = {"key": spec.key, "label": spec.item.label or "", "label_index": label_index,
+           "split": spec.item.split, "fold": spec.item.fold,
+           "modalities": "av" if has_v and has_a else ("v" if has_v else "a"),
+           "duration": duration, "frames": clip.num_frames, "audio_samples": n_audio,
+           "source": spec.item.source_id, "clip_index": spec.clip_index, "t0": spec.start}
+    return comps, row
+
+
+def error_row(spec: SampleSpec, err: media.MediaError) -> dict:
+    return {"source": spec.item.source_id, "path": spec.item.path, "key": spec.key,
+            "clip_index": spec.clip_index, "reason": err.reason, "detail": err.detail[:500]}
+
