@@ -327,7 +327,10 @@ class _VideoTrack:
 
 
 class _AudioTrack:
-    def __init__(self):
+    def __init__(self, grid_origin: float | None):
+        # the stream's start: output samples stay on ITS 1/rate grid even when decoding began
+        # later (after a seek), so a clip's audio does not depend on where decoding started
+        self.grid_origin = grid_origin
         self.resampler = None  # made at the first frame: planar float at the native rate
         self.native_rate: int | None = None
         self.start: float | None = None
@@ -354,9 +357,22 @@ class _AudioTrack:
             for out in self.resampler.resample(None):
                 self._append(out)
         audio = _downmix(np.concatenate(self.chunks, axis=1)) if self.chunks else np.zeros(0, np.float32)
+        audio = self._align_to_grid(audio, rate)
         if audio.size and self.native_rate != rate:
             audio = resample_audio(audio, self.native_rate, rate)
         return audio
+
+
+    def _align_to_grid(self, audio: np.ndarray, rate: int) -> np.ndarray:
+        """Drop < 1/gcd(native, rate) s of leading samples so the first one lies on the grid
+        ``grid_origin + n / rate`` (native and output grids coincide every 1/gcd seconds)."""
+        if self.grid_origin is None or not audio.size or self.start <= self.grid_origin + 1e-9:
+            return audio
+        period = self.native_rate // math.gcd(self.native_rate, rate)  # native samples between common points
+        drop = (-round((self.start - self.grid_origin) * self.native_rate)) % period
+        self.start += drop / self.native_rate
+        self.samples -= drop
+        return audio[drop:]
 
 
 def _decode_path(path, spans, cfg: MediaConfig, need_video: bool, need_audio: bool, seek_to: float | None) -> SourceMedia:
@@ -371,7 +387,8 @@ def _decode_path(path, spans, cfg: MediaConfig, need_video: bool, need_audio: bo
         last_end = max(e for _, e in spans)
         interval = 1.0 / float(vs.average_rate) if vs is not None and vs.average_rate else 1.0 / cfg.fps
         video = _VideoTrack(spans, cfg, interval) if vs is not None else None
-        audio = _AudioTrack() if as_ is not None else None
+        audio = _AudioTrack(_stream_start(as_) - origin if _stream_start(as_) is not None else None) \
+            if as_ is not None else None
         for stream in (vs, as_):
             if stream is not None:
                 stream.codec_context.thread_count = cfg.decoder_threads

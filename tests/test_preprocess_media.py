@@ -155,3 +155,17 @@ def test_output_size_keeps_aspect_and_even_sides():
     assert output_size(1280, 720, 112) == (200, 112)
     assert output_size(360, 288, 112) == (140, 112)
     assert output_size(720, 1280, 256) == (256, 456)
+
+
+def test_seeking_to_late_clips_gives_the_same_clips_as_decoding_from_the_start(shared_data, monkeypatch):
+    from crisscross.preprocess import media
+
+    path = str(shared_data / "videos" / "iscc_samples" / "spiral_sessions_demo.mp4")  # 60 s, H.264 + AAC 22.05 kHz
+    spans = [(40.0, 44.0), (52.0, 56.0)]
+    seeked = decode_source(path, spans, CFG).clips
+    monkeypatch.setattr(media, "SEEK_MIN_START", 1e9)  # force a decode from 0
+    from_start = decode_source(path, spans, CFG).clips
+    for a, b in zip(seeked, from_start):
+        assert a.video_mp4 == b.video_mp4 and a.num_frames == 64
+        assert a.audio_offset == b.audio_offset == 0.0 and a.audio_pcm.size == b.audio_pcm.size == 64000
+        assert np.abs(a.audio_pcm.astype(int) - b.audio_pcm.astype(int)).max() <= 1  # float rounding only
