@@ -14,7 +14,7 @@ import pytest
 def test_demo_writes_a_report_with_numbers(tmp_path):
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "crisscross.tools.cli", "demo", "--out", str(out), "--classes", "2",
-           "--clips-per-class", "4", "--seconds", "3", "--max-steps", "3", "--clips-per-sample", "1",
+           "--clips-per-class", "4", "--eval-clips-per-class", "4", "--seconds", "3", "--max-steps", "3", "--clips-per-sample", "1",
            "--device", "cpu", "--workers", "1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
