@@ -44,6 +44,14 @@ def test_frame_k_is_the_source_frame_shown_at_t0_plus_k_over_16(tmp_path, codec,
     t0 = span[0] + clip.video_offset
     want = [_shown_index(source_times, t0 + k / 16) for k in range(len(got))]
     assert got == want
+    # and the pixels: frame k is the source picture of that index, scaled to 112 px high
+    from PIL import Image
+
+    frames = _frames(clip.video_mp4)
+    for k in (0, len(frames) // 2, len(frames) - 1):
+        assert frames[k].shape == (112, 150, 3)  # 160x120 -> short side 112, even width
+        source = Image.fromarray(render_index_frame(want[k], 160, 120)).resize((150, 112), Image.BOX)
+        assert np.abs(frames[k].astype(int) - np.asarray(source, dtype=int)).mean() < 6  # codec losses only
     end = span[1] if span[1] is not None else 3.0
     assert len(got) == int(np.ceil((end - t0) * 16 - 1e-6))  # the whole span, no more
     assert clip.video_offset == 0.0
