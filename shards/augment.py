@@ -215,7 +215,7 @@ def _multiscale_box(frames: DataNode, aug: VideoAugment, draws: Draws) -> tuple[
     """torchvision RandomResizedCrop box, in DALI arithmetic: 10 attempts of (area, log-ratio);
     the first whose box fits the frame wins; if none fits, the whole frame. Returns the ROI as
     (start [y, x], end [y, x]) in pixels."""
-    shape = fn.cast(fn.shapes(frames), dtype=types.FLOAT)  # [F, H, W, C]
+    shape = fn.cast(frames.shape(), dtype=types.FLOAT)  # [F, H, W, C]
     height, width = shape[1], shape[2]
     area = draws.uniform(*aug.crop_area, size=CROP_ATTEMPTS) * (height * width)
     log_ratio = draws.uniform(math.log(aug.crop_ratio[0]), math.log(aug.crop_ratio[1]), size=CROP_ATTEMPTS)
@@ -262,11 +262,14 @@ def _color_twist(frames: DataNode, aug: VideoAugment, draws: Draws) -> DataNode:
 
 
 def _blur(frames: DataNode, aug: VideoAugment, draws: Draws) -> DataNode:
-    """Gaussian blur with probability p. Skipped samples get sigma 1e-2: with an 11-tap window the
-    off-centre weights are exp(-1/2e-4) = 0, so the kernel is exactly the identity."""
-    applied = draws.coin(aug.blur_p)
-    sigma = applied * draws.uniform(*aug.blur_sigma) + (1.0 - applied) * 1e-2
-    return fn.gaussian_blur(frames, window_size=aug.blur_kernel, sigma=sigma)
+    """Gaussian blur (11-tap window, sigma ~ U(0.1, 2)) with probability p. A DALI conditional
+    (the graph is built with ``enable_conditionals``) runs the blur only on the chosen samples:
+    the blur is the most expensive visual operator, and half the views skip it."""
+    applied = fn.cast(draws.coin(aug.blur_p), dtype=types.BOOL)
+    sigma = draws.uniform(*aug.blur_sigma)
+    if applied:
+        frames = fn.gaussian_blur(frames, window_size=aug.blur_kernel, sigma=sigma)
+    return frames
 
 
 def _cutout(frames: DataNode, aug: VideoAugment, crop: int, draws: Draws) -> DataNode:

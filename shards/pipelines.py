@@ -241,7 +241,7 @@ def build_pipeline(
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu', not {device!r}")
 
-    @pipeline_def(enable_checkpointing=checkpointing)
+    @pipeline_def(enable_checkpointing=checkpointing, enable_conditionals=True)
     def _pipe():
         return graph()
 
