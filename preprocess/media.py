@@ -87,6 +87,12 @@ def pick_stream(streams) -> av.stream.Stream | None:
     return (defaults or streams)[0]
 
 
+def _pixel_aspect(stream) -> float:
+    """Sample (pixel) aspect ratio; 1 when unknown or unset (0/1)."""
+    sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+    return float(sar) if sar else 1.0
+
+
 def _stream_start(stream: av.stream.Stream | None) -> float | None:
     if stream is None or stream.start_time is None or stream.time_base is None:
         return None
@@ -129,11 +135,12 @@ def _check_resolution(width: int, height: int, cfg: MediaConfig) -> None:
 class _JpegEncoder:
     """Encodes frames to standalone JPEG packets (every MJPEG frame is a keyframe)."""
 
-    def __init__(self, width: int, height: int, rotation: int, cfg: MediaConfig):
+    def __init__(self, width: int, height: int, rotation: int, cfg: MediaConfig, pixel_aspect: float = 1.0):
         self.rotation = rotation  # degrees counter-clockwise to apply so the picture is upright
         quarter_turns = (rotation // 90) % 4
+        # non-square pixels (anamorphic SD): scale to the *displayed* shape, square pixels out;
         # a quarter turn swaps the sides: scale before rotating, to the rotated output size
-        w, h = output_size(width, height, cfg.short_side)
+        w, h = output_size(round(width * pixel_aspect), height, cfg.short_side)
         self.scaled_size = (w, h)
         self.size = (h, w) if quarter_turns % 2 else (w, h)
         self.quarter_turns = quarter_turns
@@ -287,8 +294,10 @@ def _is_attached_picture(stream) -> bool:
 class _VideoTrack:
     """Streams decoded frames into every span's grid, encoding each shown frame once."""
 
-    def __init__(self, spans: list[tuple[float, float]], cfg: MediaConfig, frame_interval: float):
+    def __init__(self, spans: list[tuple[float, float]], cfg: MediaConfig, frame_interval: float,
+                 pixel_aspect: float = 1.0):
         self.cfg = cfg
+        self.pixel_aspect = pixel_aspect
         self.samplers = [_SpanSampler(s, e, cfg.fps) for s, e in spans]
         self.frame_interval = frame_interval
         self.encoder: _JpegEncoder | None = None
@@ -306,7 +315,8 @@ class _VideoTrack:
             return  # duplicate or out-of-order timestamp: the first frame shown stays
         if self.encoder is None:
             _check_resolution(frame.width, frame.height, self.cfg)
-            self.encoder = _JpegEncoder(frame.width, frame.height, int(getattr(frame, "rotation", 0) or 0), self.cfg)
+            self.encoder = _JpegEncoder(frame.width, frame.height, int(getattr(frame, "rotation", 0) or 0), self.cfg,
+                                        self.pixel_aspect)
             self.first_time = t
             for sampler in self.samplers:
                 sampler.base = max(sampler.start, t)
@@ -386,7 +396,7 @@ def _decode_path(path, spans, cfg: MediaConfig, need_video: bool, need_audio: bo
         spans = [(float(s), float(e) if e is not None else far) for s, e in spans]
         last_end = max(e for _, e in spans)
         interval = 1.0 / float(vs.average_rate) if vs is not None and vs.average_rate else 1.0 / cfg.fps
-        video = _VideoTrack(spans, cfg, interval) if vs is not None else None
+        video = _VideoTrack(spans, cfg, interval, _pixel_aspect(vs)) if vs is not None else None
         audio = _AudioTrack(_stream_start(as_) - origin if _stream_start(as_) is not None else None) \
             if as_ is not None else None
         for stream in (vs, as_):
@@ -480,7 +490,7 @@ def _source_info(container, vs, as_) -> dict:
     if vs is not None:
         cc = vs.codec_context
         info.update(video_stream=vs.index, video_codec=cc.name, width=cc.width, height=cc.height,
-                    fps=float(vs.average_rate) if vs.average_rate else None,
+                    fps=float(vs.average_rate) if vs.average_rate else None, pixel_aspect=_pixel_aspect(vs),
                     video_start=_stream_start(vs))
     if as_ is not None:
         cc = as_.codec_context

@@ -177,3 +177,22 @@ def test_seeking_to_late_clips_gives_the_same_clips_as_decoding_from_the_start(s
         assert a.video_mp4 == b.video_mp4 and a.num_frames == 64
         assert a.audio_offset == b.audio_offset == 0.0 and a.audio_pcm.size == b.audio_pcm.size == 64000
         assert np.abs(a.audio_pcm.astype(int) - b.audio_pcm.astype(int)).max() <= 1  # float rounding only
+
+
+def test_non_square_pixels_are_scaled_to_the_displayed_shape(tmp_path):
+    path = tmp_path / "anamorphic.mkv"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mjpeg", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuvj420p"
+        stream.codec_context.sample_aspect_ratio = fractions.Fraction(2, 1)  # each pixel twice as wide
+        for k in range(5):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 100, np.uint8), format="rgb24").reformat(format="yuvj420p")
+            frame.pts = k
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].sample_aspect_ratio == 2  # the container kept it
+    media = decode_source(str(path), [(0.0, None)], MediaConfig(short_side=32))
+    assert _frames(media.clips[0].video_mp4)[0].shape == (32, 64, 3)  # displayed 2:1, square pixels out
