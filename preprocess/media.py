@@ -57,7 +57,7 @@ class ClipMedia:
     """One sample's encoded components for the span [span_start, span_end) of the source."""
 
     span_start: float
-    span_end: float
+    span_end: float | None  # None: to the end of the source
     video_mp4: bytes | None = None
     num_frames: int = 0
     video_offset: float = 0.0
@@ -123,7 +123,7 @@ def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
 
 def _check_resolution(width: int, height: int, cfg: MediaConfig) -> None:
     if width <= 0 or height <= 0:
-        raise MediaError("bad_resolution", f"{width}x{height}")
+        raise MediaError("absurd_resolution", f"{width}x{height}")
     if width * height > cfg.max_source_pixels:
         raise MediaError("absurd_resolution", f"{width}x{height} exceeds {cfg.max_source_pixels} pixels")
     if min(width, height) < cfg.min_source_side:
@@ -243,7 +243,9 @@ def _to_int16(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x * 32768.0), -32768, 32767).astype("<i2")
 
 
-_IMAGE_FORMATS = {"image2", "gif", "apng", "webp", "ico", "png", "mjpeg"}  # + every "*_pipe" demuxer
+# still images (and animated GIF/APNG: no audio, no real frame rate) are not video sources;
+# every "*_pipe" demuxer (png_pipe, jpeg_pipe, webp_pipe, ...) is an image format too
+_IMAGE_FORMATS = {"image2", "gif", "apng", "ico"}
 SEEK_MIN_START = 4.0  # seek (instead of decoding from 0) when every span starts this late
 SEEK_MARGIN = 2.0  # seek this much before the span, then decode forward to it
 
