@@ -43,7 +43,7 @@ def test_tiny_model_on_demo_clips_lowers_the_loss_without_collapse(tmp_path, dem
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
     losses = [r["loss/total"] for r in records]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
-    assert last < first - 0.2, (first, last)
+    assert last < first - 0.15, (first, last)  # about -0.03 -> -0.28 on this machine
     # collapse monitor: ~1/sqrt(64) = 0.125 when spread out, 0 when collapsed
     for modality in ("video", "audio"):
         assert records[-1][f"collapse/{modality}"] > 0.05, records[-1]
