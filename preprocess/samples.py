@@ -20,6 +20,7 @@ from crisscross.preprocess.plan import BuildConfig, SampleSpec
 from crisscross.preprocess.sources import SourceItem
 from crisscross.shards import format as fmt
 
+
 class _Timeout(Exception):
     pass
 
@@ -91,9 +92,11 @@ def decode_group_isolated(item: SourceItem, specs: list[SampleSpec], cfg: BuildC
     child.start()
     sender.close()
     limit = cfg.item_timeout_s + 30.0 if cfg.item_timeout_s > 0 else None  # the child's own alarm fires first
+    stuck = False
     try:
         if receiver.poll(limit):
             return receiver.recv()  # before join: a large result would block the child's send
+        stuck = True
     except EOFError:
         pass  # the child died before sending
     finally:
@@ -101,8 +104,8 @@ def decode_group_isolated(item: SourceItem, specs: list[SampleSpec], cfg: BuildC
         if child.is_alive():
             child.kill()
         child.join()
-    if child.exitcode in (0, None) or child.exitcode == -9:
-        return media.MediaError("timeout", f"no result within {limit} s (decoder stuck)")
+    if stuck:
+        return media.MediaError("timeout", f"no result within {limit} s (decoder stuck inside FFmpeg)")
     return media.MediaError("decoder_crashed", f"decoding process died with exit code {child.exitcode}")
 
 
