@@ -56,7 +56,6 @@ class BuildStats:
                 f"{self.wall_s:.1f} s wall, {rate:.2f} clips/s -> {self.out_dir}")
 
 
-
 # ---------------------------------------------------------------- one shard
 
 def part_path(out_dir: Path, shard: int) -> Path:
@@ -69,7 +68,6 @@ def shard_is_complete(out_dir: Path, cfg: BuildConfig, shard: int) -> bool:
         return False
     tar_name = json.loads(part.read_text())["tar"]
     return tar_name is None or ((out_dir / tar_name).exists() and idx_path_for(out_dir / tar_name).exists())
-
 
 
 def _remove_leftovers(out_dir: Path, tar_path: Path, shard: int) -> None:
@@ -90,7 +88,7 @@ def _remove_temp_files(out_dir: Path) -> None:
 def write_shard(out_dir: Path, plan: dict, shard: int, progress=None, isolate: bool = False) -> dict:
     """Build shard ``shard`` of ``plan`` from scratch (idempotent: same bytes every time).
 
-    ``isolate``: decode each source in its own child process (see _decode_group_isolated).
+    ``isolate``: decode each source in its own child process (samples.decode_group_isolated).
     """
     cfg = BuildConfig(**plan["config"])
     specs = specs_of_shard(plan, shard)
@@ -142,7 +140,6 @@ def write_shard(out_dir: Path, plan: dict, shard: int, progress=None, isolate: b
     (out_dir / PARTS_DIR).mkdir(exist_ok=True)
     write_json_atomic(part_path(out_dir, shard), part)  # last: marks the shard complete
     return part
-
 
 
 # ---------------------------------------------------------------- merge
