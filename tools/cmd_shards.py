@@ -20,35 +20,54 @@ def _register_build(sub) -> None:
     from crisscross.preprocess.build import REQUIRE_CHOICES
     from crisscross.preprocess.sources import ADAPTERS
 
-    p = sub.add_parser("build", help="raw videos/audio -> shards (resumable)")
+    p = sub.add_parser("build", help="raw videos/audio -> shards (resumable)",
+                       description="Options not given come from --preset (default: preprocess/presets/default.yaml).")
     p.add_argument("input", help="a folder, a manifest (csv/tsv/jsonl/parquet) or a dataset root")
     p.add_argument("--out", required=True, help="dataset directory (created; rerun to resume)")
-    p.add_argument("--name", default="data", help="shard file prefix: NAME-000000.tar")
-    p.add_argument("--format", dest="adapter", default="auto", choices=ADAPTERS, help="input layout")
-    p.add_argument("--split", type=int, default=1, help="UCF101/HMDB51 official split number")
-    p.add_argument("--video-root", default=None, help="Kinetics: folder holding the videos (default: the CSV's folder)")
-    p.add_argument("--fps", type=int, default=16)
-    p.add_argument("--short-side", type=int, default=112)
-    p.add_argument("--sample-rate", type=int, default=16000)
-    p.add_argument("--clip-seconds", type=float, default=None, help="cut sources into clips of this length")
-    p.add_argument("--min-seconds", type=float, default=1.0, help="reject samples shorter than this")
-    p.add_argument("--require", default="any", choices=REQUIRE_CHOICES,
-                   help="modalities a kept sample must have (any: keep what exists)")
-    p.add_argument("--audio-format", default="pcm", choices=("pcm", "flac"))
-    p.add_argument("--jpeg-qscale", type=int, default=3, help="MJPEG quantizer 2 (best)..31")
-    p.add_argument("--shard-size", type=float, default=1000.0, help="target shard size in MB (1e6 bytes)")
-    p.add_argument("--samples-per-shard", type=int, default=None, help="fixed count (overrides --shard-size)")
-    p.add_argument("--seed", type=int, default=0, help="cross-shard shuffle seed")
-    p.add_argument("--item-timeout", type=float, default=600.0, help="seconds per source before it is an error")
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--engine", default="local", choices=("local", "ray"))
-    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
+    p.add_argument("--preset", default="default", help="preset name or YAML path (flags given here win)")
+    # no defaults below: an option not given keeps the preset's value
+    opt = dict(default=argparse.SUPPRESS)
+    p.add_argument("--name", **opt, help="shard file prefix: NAME-000000.tar")
+    p.add_argument("--format", dest="adapter", choices=ADAPTERS, **opt, help="input layout (auto)")
+    p.add_argument("--split", type=int, **opt, help="UCF101/HMDB51 official split number (1)")
+    p.add_argument("--video-root", **opt, help="Kinetics: folder holding the videos (the CSV's folder)")
+    p.add_argument("--fps", type=int, **opt, help="output frame rate (16)")
+    p.add_argument("--short-side", type=int, **opt, help="output short side in px (112)")
+    p.add_argument("--sample-rate", type=int, **opt, help="output audio rate (16000)")
+    p.add_argument("--clip-seconds", type=float, **opt, help="cut sources into clips of this length (off)")
+    p.add_argument("--min-seconds", type=float, **opt, help="reject samples shorter than this (1.0)")
+    p.add_argument("--require", choices=REQUIRE_CHOICES, **opt, help="modalities a kept sample must have (any)")
+    p.add_argument("--audio-format", choices=("pcm", "flac"), **opt, help="pcm")
+    p.add_argument("--jpeg-qscale", type=int, **opt, help="MJPEG quantizer 2 (best)..31 (3)")
+    p.add_argument("--shard-size", type=float, dest="shard_size_mb", **opt, help="target shard size in MB (1000)")
+    p.add_argument("--samples-per-shard", type=int, **opt, help="fixed count (overrides --shard-size)")
+    p.add_argument("--seed", type=int, **opt, help="cross-shard shuffle seed (0)")
+    p.add_argument("--item-timeout", type=float, dest="item_timeout_s", **opt, help="seconds per source (600)")
+    p.add_argument("--workers", type=int, **opt, help="local worker processes (1)")
+    p.add_argument("--engine", choices=("local", "ray"), **opt, help="local")
+    p.add_argument("--address", **opt, help="Ray cluster address (default: start a local instance)")
+    p.add_argument("--isolate", action="store_true", **opt,
+                   help="decode each source in its own process (survives decoder crashes and hangs; slower)")
     p.add_argument("--num-tasks", type=int, default=1, help="job array size (then run `shards merge`)")
     p.add_argument("--task-index", type=int, default=0, help="this job array task (0-based)")
-    p.add_argument("--isolate", action="store_true",
-                   help="decode each source in its own process (survives decoder crashes and hangs; slower)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_build)
+
+
+def build_options(args: argparse.Namespace) -> dict:
+    """The preset's values with the flags given on the command line on top."""
+    from crisscross.preprocess.presets import load_preset
+
+    values = load_preset(args.preset)
+    given = {k: v for k, v in vars(args).items()
+             if k not in {"input", "out", "preset", "num_tasks", "task_index", "no_progress", "func", "command",
+                          "shards_command"}}
+    if "shard_size_mb" in given:
+        given["shard_size_bytes"] = int(given.pop("shard_size_mb") * 1e6)
+    values.update(given)
+    if values.get("video_root"):
+        values["video_root"] = str(Path(values["video_root"]).resolve())  # the plan must not depend on the cwd
+    return values
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -56,15 +75,8 @@ def _build(args: argparse.Namespace) -> int:
 
     if not 0 <= args.task_index < args.num_tasks:
         raise SystemExit("--task-index must be in [0, --num-tasks)")
-    stats = build_shards(
-        args.input, args.out, name=args.name, fps=args.fps, short_side=args.short_side,
-        sample_rate=args.sample_rate, clip_seconds=args.clip_seconds, shard_size_bytes=int(args.shard_size * 1e6),
-        workers=args.workers, seed=args.seed, audio_format=args.audio_format, engine=args.engine,
-        num_tasks=args.num_tasks, task_index=args.task_index, address=args.address,
-        progress=not args.no_progress, isolate=args.isolate, min_seconds=args.min_seconds, require=args.require,
-        jpeg_qscale=args.jpeg_qscale, samples_per_shard=args.samples_per_shard, adapter=args.adapter,
-        split=args.split, item_timeout_s=args.item_timeout,
-        video_root=str(Path(args.video_root).resolve()) if args.video_root else None)
+    stats = build_shards(args.input, args.out, num_tasks=args.num_tasks, task_index=args.task_index,
+                         progress=not args.no_progress, **build_options(args))
     print(stats.summary())
     return 0
 
