@@ -170,11 +170,7 @@ def merge(out_dir: str | Path) -> BuildStats:
     errors = [e for p in parts for e in p["errors"]]
     _write_parquet(out_dir / "manifest.parquet", rows, _MANIFEST_SCHEMA(pa))
     _write_parquet(out_dir / "errors.parquet", errors, _ERRORS_SCHEMA(pa))
-    stats = BuildStats(out_dir=out_dir, samples=len(rows), errors=len(errors),
-                       shards=sum(p["tar"] is not None for p in parts),
-                       seconds=float(sum(r["duration"] for r in rows)), bytes=int(sum(r["bytes"] for r in rows)),
-                       error_reasons=dict(sorted(Counter(e["reason"] for e in errors).items())),
-                       modalities=dict(sorted(Counter(r["modalities"] for r in rows).items())))
+    stats = _stats_of(out_dir, parts)
     dataset = {
         "format_version": fmt.FORMAT_VERSION, "name": cfg.name, "input": plan["input"],
         "build": plan["config"], "labels": plan["labels"],
@@ -188,6 +184,16 @@ def merge(out_dir: str | Path) -> BuildStats:
     }
     write_json_atomic(out_dir / "dataset.json", dataset)
     return stats
+
+
+def _stats_of(out_dir: Path, parts: list[dict]) -> BuildStats:
+    rows = [row for p in parts for row in p["samples"]]
+    errors = [e for p in parts for e in p["errors"]]
+    return BuildStats(out_dir=out_dir, samples=len(rows), errors=len(errors),
+                      shards=sum(p["tar"] is not None for p in parts),
+                      seconds=float(sum(r["duration"] for r in rows)), bytes=int(sum(r["bytes"] for r in rows)),
+                      error_reasons=dict(sorted(Counter(e["reason"] for e in errors).items())),
+                      modalities=dict(sorted(Counter(r["modalities"] for r in rows).items())))
 
 
 def _MANIFEST_SCHEMA(pa):  # noqa: N802 - a schema constant built lazily (pyarrow import)
@@ -239,8 +245,8 @@ def build_shards(input: str | Path, out_dir: str | Path, *, name: str | None = N
     todo = [j for j in mine if not shard_is_complete(out_dir, cfg, j)]
     engines.run_shards(out_dir, plan, todo, engine=engine, workers=workers, address=address, progress=progress,
                        isolate=isolate)
-    if num_tasks > 1:
-        stats = BuildStats(out_dir=out_dir, shards=len(mine))
+    if num_tasks > 1:  # a job-array task: its own shards' figures; `merge` writes the dataset files
+        stats = _stats_of(out_dir, [json.loads(part_path(out_dir, j).read_text()) for j in mine])
     else:
         stats = merge(out_dir)
     stats.shards_skipped = len(mine) - len(todo)

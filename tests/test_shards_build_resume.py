@@ -104,12 +104,14 @@ def test_partial_files_from_a_dead_run_are_redone(src, reference, tmp_path):
 
 def test_job_array_plus_merge_and_pool_give_the_same_dataset(src, reference, tmp_path):
     array = tmp_path / "array"
+    per_task = []
     for task in range(3):
-        build_shards(src, array, num_tasks=3, task_index=task, workers=1, progress=False, **OPTS)
+        per_task.append(build_shards(src, array, num_tasks=3, task_index=task, workers=1, progress=False, **OPTS))
         if task < 2:
             with pytest.raises(RuntimeError, match="not complete"):
                 merge(array)
-    merge(array)
+    merged = merge(array)
+    assert sum(t.samples for t in per_task) == merged.samples and sum(t.shards for t in per_task) == merged.shards
     assert _digests(array) == _digests(reference)
     pool = tmp_path / "pool"
     build_shards(src, pool, workers=2, progress=False, **OPTS)
