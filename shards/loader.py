@@ -24,6 +24,7 @@ import torch
 from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 
 from crisscross.shards.augment import AudioAugment, AugmentConfig, LogMel, RecordedDraws, VideoAugment
+from crisscross.shards.mjpeg_frames import FrameTables, Mp4Error, jpeg_frames
 from crisscross.shards.pipelines import (
     PLAN_DATA,
     PLAN_META,
@@ -217,6 +218,7 @@ class TrainLoader:
         )
         self.spec = config.graph_spec()
         self._draws = RecordedDraws()
+        self._frame_tables = FrameTables()
         self._work = self._build_work()
         self._plan = self._build_plan(checkpoint=None)
         num_samples = int(self._plan.reader_meta(READER_NAME)["epoch_size"])
@@ -253,14 +255,31 @@ class TrainLoader:
             raise ShardError(f"reading shards {list(self.shards.tars)} failed: {exc}") from exc
 
     def _run_work(self, plan_outputs) -> tuple:
-        names = list(PLAN_DATA) + self._draws.names()
-        data = plan_outputs[: len(PLAN_DATA)] + plan_outputs[len(PLAN_DATA) + len(PLAN_META) :]
-        for name, batch in zip(names, data):
+        """Feed the plan's batch to the work pipeline and run it. The only per-sample Python:
+        slicing the planned JPEG frames out of each (memory-mapped) MP4 (mjpeg_frames.py)."""
+        video, frame_ids, wave1, wave2 = plan_outputs[: len(PLAN_DATA)]
+        info = plan_outputs[len(PLAN_DATA)].as_array()
+        frame_ids = frame_ids.as_array()
+        per_frame: list[list[np.ndarray]] = [[] for _ in range(frame_ids.shape[1])]
+        for b in range(len(info)):
+            source = bytes(info[b]).rstrip(b"\0").decode("utf-8", "replace")
+            data = np.asarray(video[b])  # zero-copy view
+            try:
+                jpegs = jpeg_frames(data, self._frame_tables.get(source, data), frame_ids[b])
+            except Mp4Error as exc:
+                raise ShardError(f"sample {source.rsplit(':', 1)[-1]} of shard {source.rsplit(':', 2)[0]}: bad video: {exc}") from exc
+            for j, jpeg in enumerate(jpegs):
+                per_frame[j].append(jpeg)
+        for j, jpegs in enumerate(per_frame):
+            self._work.feed_input(f"jpeg{j}", jpegs)
+        self._work.feed_input("wave1", wave1)
+        self._work.feed_input("wave2", wave2)
+        draws = plan_outputs[len(PLAN_DATA) + len(PLAN_META) :]
+        for name, batch in zip(self._draws.names(), draws):
             self._work.feed_input(name, batch)
         try:
             return self._work.run()
         except RuntimeError as exc:
-            info = plan_outputs[len(PLAN_DATA)].as_array()
             keys = _keys_from_source_info(info)
             raise ShardError(f"decoding samples {keys} from shard(s) {_shards_of(info)} failed: {exc}") from exc
 

@@ -134,18 +134,26 @@ def _pcm(audio_bytes: DataNode) -> DataNode:
     return fn.reinterpret(audio_bytes, dtype=types.INT16)
 
 
-PLAN_DATA = ("video", "frames", "wave1", "wave2")  # plan -> work handoff (besides the draws)
+PLAN_DATA = ("video", "frames", "wave1", "wave2")  # plan outputs that feed the work stage
 PLAN_META = ("key", "times", "fallback")  # plan -> loader
 
 
 def work_graph(spec: TrainGraphSpec, draws: RecordedDraws, device: str) -> tuple[DataNode, ...]:
-    """Training stage 2 (stateless given its inputs): decode the planned frames, cut the views,
-    augment with the planned draws. Outputs v1, v2 [3,T,crop,crop] and a1, a2 [1,80,F]."""
-    video = fn.external_source(name="video", dtype=types.UINT8, ndim=1, no_copy=True)
-    frame_ids = fn.external_source(name="frames", dtype=types.INT32, ndim=1, no_copy=True)
+    """Training stage 2 (stateless given its inputs): decode the planned frames (one JPEG per
+    external source ``jpeg{j}``, j < 2T, cut out of the MP4 by the loader, see mjpeg_frames.py),
+    stack them into the two views, augment with the planned draws.
+    Outputs v1, v2 [3,T,crop,crop] and a1, a2 [1,80,F]."""
     geo = spec.geometry
-    decoded = _decode(video, frame_ids, device)  # one call decodes both views' 2T frames
-    views_v = [augment_video(decoded[i * geo.frames : (i + 1) * geo.frames], spec.video_aug, spec.crop, draws) for i in (0, 1)]
+    decoder_device = "mixed" if device == "gpu" else "cpu"
+    frames = [
+        fn.decoders.image(fn.external_source(name=f"jpeg{j}", dtype=types.UINT8, ndim=1, no_copy=True),
+                          device=decoder_device, output_type=types.RGB)
+        for j in range(2 * geo.frames)
+    ]
+    views_v = [
+        augment_video(fn.stack(*frames[i * geo.frames : (i + 1) * geo.frames], axis_name="F"), spec.video_aug, spec.crop, draws)
+        for i in (0, 1)
+    ]
     views_a = []
     for name in ("wave1", "wave2"):
         pcm = fn.external_source(name=name, dtype=types.INT16, ndim=1, no_copy=True)
