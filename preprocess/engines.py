@@ -57,13 +57,8 @@ def run_shards(out_dir: Path, plan: dict, shards: list[int], *, engine: str = "l
     with _bar(total, progress) as bar:
         if engine == "ray":
             _run_ray(out_dir, plan, shards, address, bar, workers, isolate)
-        elif workers <= 1:
-            from crisscross.preprocess.build import write_shard
-
-            for j in shards:
-                write_shard(out_dir, plan, j, progress=bar.update, isolate=isolate)
-        else:
-            left = _run_pool(out_dir, plan, shards, workers, bar, isolate)
+        else:  # even one worker runs in a child process, so a decoder crash cannot kill the caller
+            left = _run_pool(out_dir, plan, shards, max(1, workers), bar, isolate)
             if left:
                 bar.write(f"a worker process died; rebuilding {len(left)} shard(s) with one process per source")
                 if _run_pool(out_dir, plan, left, workers, bar, True):

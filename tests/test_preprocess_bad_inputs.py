@@ -115,7 +115,8 @@ def test_a_decode_that_runs_too_long_becomes_a_timeout_error(shared_data, tmp_pa
     assert [r["source"] for r in info.manifest] == ["fine.flac"]  # the worker went on
 
 
-def test_a_decoder_crash_kills_no_build(shared_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_decoder_crash_kills_no_build(shared_data, tmp_path, monkeypatch, workers):
     """FFmpeg cannot be made to segfault on demand, so the crash is injected: decoding one file
     kills its process with SIGSEGV. The pool loses a worker, rebuilds the shards left with one
     process per source, and the crashing file becomes an error row."""
@@ -138,7 +139,7 @@ def test_a_decoder_crash_kills_no_build(shared_data, tmp_path, monkeypatch):
     for name in ["a.mpg", "crash.mpg", "b.mpg", "c.mpg"]:
         os.symlink(shared_data / GRID, src / name)
     out = tmp_path / "ds"
-    stats = build_shards(src, out, samples_per_shard=1, workers=2, progress=False)
+    stats = build_shards(src, out, samples_per_shard=1, workers=workers, progress=False)
     info = read_dataset(out)
     assert [(e["source"], e["reason"]) for e in info.errors] == [("crash.mpg", "decoder_crashed")]
     assert sorted(r["source"] for r in info.manifest) == ["a.mpg", "b.mpg", "c.mpg"]
