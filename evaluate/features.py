@@ -228,6 +228,17 @@ def _encode(encoder: nn.Module, clips: torch.Tensor, pools: dict[str, Pool], chu
     return {name: torch.cat(parts).reshape(b, k, -1) for name, parts in outs.items()}
 
 
+EXPECTED_LAYOUT = {"video": "[B, K, 3, T, crop, crop]", "audio": "[B, K, 1, mel, frames]"}
+
+
+def _check_layout(modality: str, clips: torch.Tensor) -> None:
+    """Fail with the interface's layout, not with a conv error deep inside the encoder."""
+    channels = 3 if modality == "video" else 1
+    rank = 6 if modality == "video" else 5
+    if clips.ndim != rank or clips.shape[2] != channels:
+        raise ValueError(f"eval loader gave {modality} of shape {tuple(clips.shape)}; expected {EXPECTED_LAYOUT[modality]}")
+
+
 @torch.inference_mode()
 def extract_features(
     encoders: Encoders,
@@ -256,6 +267,7 @@ def extract_features(
                 raise KeyError(f"the evaluation loader gave no {modality!r} (batch has {sorted(batch)})")
             encoder = encoders.video if modality == "video" else encoders.audio
             clips = batch[modality].float()
+            _check_layout(modality, clips)
             for name, feats in _encode(encoder, clips, pools, chunk).items():
                 parts[name].append(feats.cpu().numpy().astype(np.float32))
             if thumbnails:
