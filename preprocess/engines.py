@@ -20,8 +20,21 @@ _progress_queue = None
 _worker_job: tuple[Path, dict] | None = None
 
 
+def die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this process when its parent dies, so a build killed with
+    SIGKILL leaves no orphan worker behind (pool workers otherwise wait for work forever)."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
 def _init_worker(queue, out_dir: str, plan: dict) -> None:
     global _progress_queue, _worker_job
+    die_with_parent()
     _progress_queue = queue
     _worker_job = (Path(out_dir), plan)
 

@@ -77,6 +77,9 @@ def decode_group(item: SourceItem, specs: list[SampleSpec], cfg: BuildConfig) ->
 
 
 def _isolated_child(conn, item: SourceItem, specs: list[SampleSpec], cfg: BuildConfig) -> None:
+    from crisscross.preprocess.engines import die_with_parent
+
+    die_with_parent()
     conn.send(decode_group(item, specs, cfg))
     conn.close()
 

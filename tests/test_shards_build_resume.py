@@ -27,6 +27,19 @@ def _digests(out: Path) -> dict[str, str]:
     return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
+def _processes_writing(out: Path) -> list[int]:
+    """Live processes whose command line names this output directory."""
+    found = []
+    for proc_dir in Path("/proc").iterdir():
+        try:
+            if proc_dir.name.isdigit() and str(out).encode() in (proc_dir / "cmdline").read_bytes():
+                if (proc_dir / "stat").read_text().split(")")[-1].split()[0] != "Z":  # not a zombie
+                    found.append(int(proc_dir.name))
+        except OSError:
+            continue
+    return found
+
+
 def _parts_done(out: Path) -> int:
     return len(list((out / "_parts").glob("*.json"))) if (out / "_parts").exists() else 0
 
@@ -71,17 +84,28 @@ def test_sigkill_at_any_moment_then_rerun_is_identical(src, reference, tmp_path)
     killed_mid_shard = 0
     for round_ in range(4):
         before = _parts_done(out)
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stale = set(out.glob(".*.tmp-*")) if out.exists() else set()  # left by the previous kill
+        # own session: SIGKILL goes to the whole build (CLI process and its pool workers), as a
+        # scheduler kills a job
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 60
         while proc.poll() is None and time.monotonic() < deadline:
-            temps = list(out.glob(".*.tmp-*")) if out.exists() else []
+            fresh = set(out.glob(".*.tmp-*")) - stale if out.exists() else set()
             # odd rounds: kill while a shard is half-written; even rounds: right after one completes
-            if (round_ % 2 and temps) or (not round_ % 2 and _parts_done(out) > before):
-                proc.send_signal(signal.SIGKILL)
-                killed_mid_shard += bool(temps)
+            if (round_ % 2 and fresh) or (not round_ % 2 and _parts_done(out) > before):
+                if round_ == 0:  # only the CLI process: its pool worker must not live on as an orphan
+                    proc.send_signal(signal.SIGKILL)
+                else:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                killed_mid_shard += bool(fresh)
                 break
             time.sleep(0.005)
         proc.wait()
+        for _ in range(100):
+            if not _processes_writing(out):
+                break
+            time.sleep(0.05)
+        assert not _processes_writing(out)
     assert killed_mid_shard >= 2 and _parts_done(out) < 9  # really interrupted, several times
     subprocess.run(cmd, check=True, capture_output=True)
     assert _digests(out) == _digests(reference)
