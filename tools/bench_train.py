@@ -32,13 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", type=Path, default=None,
                         help="dataset directory of shards; default on CPU: demo clips built into a temp dir")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: the preset's, capped at 16 on CPU)")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default 10 cpu / 50 cuda)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default 20 cpu / 50 cuda)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each run")
     parser.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default=None)
     parser.add_argument("--channels-last", action="store_true", help="channels_last_3d for the video branch")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     parser.add_argument("--loader-threads", type=int, default=None, help="DALI threads (data.num_threads)")
+    parser.add_argument("--prefetch", type=int, default=None, help="batches decoded ahead (run.prefetch; 0 = inline)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="extra config overrides")
 
 
@@ -55,12 +56,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                  f"run.compile={str(args.compile).lower()}", *args.overrides]
     if args.precision:
         overrides.append(f"run.precision={args.precision}")
+    if args.prefetch is not None:
+        overrides.append(f"run.prefetch={args.prefetch}")
     if args.loader_threads:
         overrides.append(f"data.num_threads={args.loader_threads}")
     config = resolve_config(preset, overrides)
     batch = args.batch or (config["optim"]["batch_size"] if cuda else min(16, config["optim"]["batch_size"]))
     config["optim"]["batch_size"] = batch
-    steps = args.steps or (50 if cuda else 10)
+    steps = args.steps or (50 if cuda else 20)
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         config["data"]["shards"] = str(args.shards or _demo_shards(Path(tmp)))
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "gflops_per_clip": round(flops_per_clip / 1e9, 3), "peak_tflops": round(peak / 1e12, 3),
         "peak_source": peak_source, "preset": preset, "batch": batch, "steps": steps,
         "precision": config["run"]["precision"], "channels_last": args.channels_last, "compile": args.compile,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "prefetch": config["run"]["prefetch"],
         "input": {k: list(v.shape) for k, v in bench.example.items()},
     }
 
@@ -149,20 +152,23 @@ class _Bench:
         return steps * self.config["optim"]["batch_size"] / (time.perf_counter() - start)
 
     def time_loader(self, steps: int, warmup: int) -> tuple[float, float]:
-        from crisscross.train.trainer import BatchStream
+        from crisscross.train.prefetch import Prefetcher
 
-        stream = BatchStream(self.loader)
-        for _ in range(warmup):
-            self._step(self._views(stream.next()))
-        self._sync()
-        waited, start = 0.0, time.perf_counter()
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            batch = stream.next()
-            waited += time.perf_counter() - t0
-            self._step(self._views(batch))
-        self._sync()
-        elapsed = time.perf_counter() - start
+        stream = Prefetcher(self.loader, depth=int(self.config["run"]["prefetch"]))  # as the trainer does
+        try:
+            for _ in range(warmup):
+                self._step(self._views(stream.next()))
+            self._sync()
+            waited, start = 0.0, time.perf_counter()
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                batch = stream.next()
+                waited += time.perf_counter() - t0
+                self._step(self._views(batch))
+            self._sync()
+            elapsed = time.perf_counter() - start
+        finally:
+            stream.close()
         return steps * self.config["optim"]["batch_size"] / elapsed, waited / elapsed
 
 
@@ -172,7 +178,7 @@ def _demo_shards(tmp: Path) -> Path:
 
     manifest = generate_demo_clips(tmp / "clips", num_classes=4, clips_per_class=8, seconds=4.0)
     out = tmp / "shards"
-    build_shards(manifest, out, name="demo")
+    build_shards(manifest, out, name="demo", progress=False)
     return out
 
 

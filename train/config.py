@@ -36,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
         "sync_bn": True,          # convert BatchNorm to SyncBatchNorm under DDP on GPUs
         "channels_last": False,   # channels_last_3d memory format for the video branch (GPU)
         "compile": False,         # torch.compile the model
+        "prefetch": 1,            # batches decoded ahead on a background thread (0 = inline)
         "log_every": 10,          # steps between console/TensorBoard/JSONL records
         "checkpoint_every": 500,  # steps between checkpoints (plus one at the end and on SIGTERM)
         "keep_checkpoints": 3,    # newest checkpoints kept; older ones are deleted

@@ -19,7 +19,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -32,6 +32,7 @@ from crisscross.train.export import save_backbones
 from crisscross.train.models import CrissCrossModel, ModelConfig
 from crisscross.train.objective import CrissCrossObjective, ObjectiveConfig, collapse_std
 from crisscross.train.optim import Schedule, build_optimizer, parameter_groups, set_learning_rates
+from crisscross.train.prefetch import Prefetcher
 
 CHECKPOINT_FORMAT = 1
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -122,23 +123,6 @@ def build_loader(config: dict[str, Any], env: DistEnv, batch_per_rank: int):
         return build_synthetic_loader(config["synthetic"], **kwargs)
     from crisscross.shards.loader import build_train_loader
     return build_train_loader(config["data"], **kwargs)
-
-
-class BatchStream:
-    """Endless batches: a new pass over the loader starts when one ends."""
-
-    def __init__(self, loader: Any) -> None:
-        self.loader = loader
-        self._iterator: Iterator | None = None
-
-    def next(self) -> dict[str, Any]:
-        if self._iterator is None:
-            self._iterator = iter(self.loader)
-        try:
-            return next(self._iterator)
-        except StopIteration:
-            self._iterator = iter(self.loader)
-            return next(self._iterator)
 
 
 # ------------------------------------------------------------------------------------- model
@@ -264,9 +248,9 @@ def restore_rng(state: dict[str, Any], device: torch.device) -> None:
 
 
 def write_checkpoint(run_dir: Path, step: int, config: dict[str, Any], raw: nn.Module, optimizer: Any,
-                     scaler: torch.amp.GradScaler, loader: Any, env: DistEnv) -> Path | None:
+                     scaler: torch.amp.GradScaler, loader_state: Any, env: DistEnv) -> Path | None:
     """Collective (every rank calls it): gathers loader/RNG states, rank 0 writes atomically."""
-    loader_states = gather_objects(loader.state_dict(), env)
+    loader_states = gather_objects(loader_state, env)
     rng_states = gather_objects(rng_state(env.device), env)
     path = None
     if env.is_main:
@@ -413,21 +397,33 @@ def _train(config: dict[str, Any], resume: str | None, env: DistEnv) -> dict[str
     logger = RunLogger(run_dir, config, start_step, setup.last_step, env.is_main)
     if checkpoint_file:
         logger.message(f"resumed from {checkpoint_file} at step {start_step}")
-    stream, meter = BatchStream(setup.loader), IntervalMeter()
+    stream = Prefetcher(setup.loader, depth=int(run["prefetch"]))
+    try:
+        status, step, metrics = run_steps(config, setup, env, stream, logger, stop, start_step)
+    finally:
+        stream.close()
+        logger.close()
+    return finish(config, setup, env, status, step, metrics)
+
+
+def run_steps(config: dict[str, Any], setup: Setup, env: DistEnv, stream: Prefetcher, logger: RunLogger,
+              stop: StopFlag, start_step: int) -> tuple[str, int, dict[str, float]]:
+    """The training loop; returns (status, step reached, last logged metrics)."""
+    run, run_dir = config["run"], Path(config["run"]["dir"])
     log_every, ckpt_every = max(int(run["log_every"]), 1), max(int(run["checkpoint_every"]), 1)
     views_needed = setup.objective.cfg.views
+    meter = IntervalMeter()
     nonfinite = torch.zeros((), dtype=torch.bool, device=env.device)
-    saved_step, status, metrics = start_step, "completed", {}
+    saved_step, metrics = start_step, {}
     save = lambda step: write_checkpoint(run_dir, step, config, setup.raw, setup.optimizer,  # noqa: E731
-                                         setup.scaler, setup.loader, env)
+                                         setup.scaler, stream.state_dict(), env)
     setup.model.train()
 
     for step in range(start_step, setup.last_step):
         if all_ranks_max(stop.signal is not None, env):
             save(step)
             logger.message(f"stop signal received: saved the checkpoint of step {step} and exiting")
-            status, saved_step = "preempted", step
-            break
+            return "preempted", step, metrics
 
         waited = time.perf_counter()
         batch = stream.next()
@@ -448,7 +444,6 @@ def _train(config: dict[str, Any], resume: str | None, env: DistEnv) -> dict[str
         at_log = done % log_every == 0 or done == setup.last_step
         at_ckpt = done % ckpt_every == 0 or done == setup.last_step
         if (at_log or at_ckpt) and all_ranks_max(bool(nonfinite.item()), env):
-            logger.close()
             raise NonFiniteLossError(
                 f"non-finite loss between steps {done - meter.steps + 1} and {done}; stopping. "
                 f"The last good checkpoint is {find_latest(run_dir)} (step {saved_step}); lower the "
@@ -464,9 +459,7 @@ def _train(config: dict[str, Any], resume: str | None, env: DistEnv) -> dict[str
         if at_ckpt:
             save(done)
             saved_step = done
-
-    logger.close()
-    return finish(config, setup, env, status, saved_step if status == "preempted" else setup.last_step, metrics)
+    return "completed", setup.last_step, metrics
 
 
 def finish(config: dict[str, Any], setup: Setup, env: DistEnv, status: str, step: int,
