@@ -1,8 +1,20 @@
-"""DALI graphs: the training graph (two augmented A/V views per clip) and the evaluation graph
-(K clips per sample). Device-agnostic: ``device="cpu"`` runs everything on the CPU
-(``device_id=None``); ``device="gpu"`` decodes with the ``mixed`` backend (NVDEC / nvJPEG) and
-runs every later operator on the GPU. The per-sample work is all DALI operators: the frame
-indices and the PCM window come from DALI arithmetic on the ``index.npy`` bytes.
+"""DALI graphs: training (two augmented A/V views per clip) and evaluation (K clips per sample).
+
+Training is split in two pipelines per rank, because DALI 2.4 cannot checkpoint a graph that
+contains a video decoder and because a video decoder's cost grows with the clip:
+
+- ``plan_graph`` (checkpointable, CPU): ``fn.readers.webdataset`` (rank's shard, shuffling) ->
+  ``index.npy`` parsed by DALI arithmetic -> t1/t2 per relaxation mode (views.py) -> frame
+  indices and the two int16 PCM windows (``fn.slice``: only the window is touched) -> every
+  random augmentation parameter (``make_random`` per recorded ``DrawSpec``).
+- ``work_graph`` (stateless given its inputs; CPU or GPU): the planned JPEG frames (cut out of
+  the MP4 by the loader) -> ``fn.decoders.image`` (``mixed`` = nvJPEG on a GPU) -> views ->
+  augmentations with the planned parameters -> log-mel.
+
+A checkpoint of the plan pipeline therefore restores everything random. Evaluation is a single
+pipeline (``eval_graph``, no checkpointing needed) with ``fn.decoders.video(frames=...)``.
+``device="cpu"`` runs everything on the CPU (``device_id=None``); ``device="gpu"`` decodes with
+the ``mixed`` backend and runs every later operator on the GPU.
 """
 
 from __future__ import annotations

@@ -117,7 +117,6 @@ def _decode_windows(path: str, start: float) -> tuple[np.ndarray, np.ndarray]:
 
     with av.open(path) as container:
         vstream = container.streams.video[0]
-        vstream.thread_type = "AUTO"
         wanted = [start + k / 16.0 for k in range(int(MILD_VIDEO_WINDOW * 16))]
         container.seek(int(start / vstream.time_base), stream=vstream, backward=True, any_frame=False)
         frames, last = [], None
