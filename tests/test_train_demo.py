@@ -21,6 +21,14 @@ from crisscross.train.trainer import train
 STEPS = 30
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _restore_torch_threads():
+    """In-process runs set torch's thread count from run.num_threads; leave other tests unaffected."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def demo_shards(tmp_path_factory) -> Path:
     from crisscross.preprocess.build import build_shards

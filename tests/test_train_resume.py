@@ -22,6 +22,14 @@ CLI = [sys.executable, "-m", "crisscross.tools.cli", "pretrain", "--config", "de
 TOTAL_STEPS = 24  # 32 samples / batch 8 = 4 steps per epoch, 6 epochs
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _restore_torch_threads():
+    """In-process runs set torch's thread count from run.num_threads; leave other tests unaffected."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("WORLD_SIZE", None)
