@@ -124,6 +124,17 @@ class ShardSet:
     tars: tuple[str, ...]
     indexes: tuple[str, ...] | None
     manifest: dict[str, dict[str, Any]]  # key -> manifest row (empty when there is no manifest)
+    build: dict[str, Any] = field(default_factory=dict)  # dataset.json "build" parameters, if any
+
+    def check_rates(self, fps: float, sample_rate: int) -> None:
+        """The view durations assume the shards' rates: refuse a mismatch instead of mis-timing."""
+        built_fps, built_rate = self.build.get("fps", fps), self.build.get("sample_rate", sample_rate)
+        if float(built_fps) != float(fps) or int(built_rate) != int(sample_rate):
+            raise ValueError(f"shards were built at {built_fps} fps / {built_rate} Hz but the loader is set to "
+                             f"{fps} fps / {sample_rate} Hz: set data.fps / data.sample_rate to match")
+        if self.build.get("audio_format", "pcm") != "pcm":
+            raise ValueError(f"the loader reads PCM audio; these shards hold {self.build['audio_format']!r} "
+                             "(rebuild with --audio-format pcm)")
 
 
 def _check_shard(tar: Path, idx: Path | None) -> None:
@@ -160,14 +171,20 @@ def find_shards(directory: str | os.PathLike) -> ShardSet:
     root = Path(directory)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset directory {root} does not exist")
-    tars = sorted(p for p in root.glob("*.tar"))
+    dataset_json = root / "dataset.json"
+    dataset = json.loads(dataset_json.read_text()) if dataset_json.exists() else {}
+    if dataset.get("shards"):  # the builder's own list: never a half-written leftover
+        tars = [root / name for name in dataset["shards"]]
+    else:
+        tars = sorted(p for p in root.glob("*.tar"))
     if not tars:
         raise FileNotFoundError(f"no *.tar shards in {root}")
     idx = [t.with_suffix(".idx") for t in tars]
     have_idx = all(p.exists() for p in idx)
     for tar, index in zip(tars, idx):
         _check_shard(tar, index if have_idx else None)
-    return ShardSet(tuple(map(str, tars)), tuple(map(str, idx)) if have_idx else None, _read_manifest(root))
+    return ShardSet(tuple(map(str, tars)), tuple(map(str, idx)) if have_idx else None, _read_manifest(root),
+                    dict(dataset.get("build", {})))
 
 
 def _keys_from_source_info(batch: np.ndarray) -> list[str]:
@@ -207,6 +224,7 @@ class TrainLoader:
         self._dali_device = "gpu" if self.device.type == "cuda" else "cpu"
         self._device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if self._dali_device == "gpu" else None
         self.shards = find_shards(config.shards)
+        self.shards.check_rates(config.fps, config.sample_rate)
         self.reader_spec = ReaderSpec(
             paths=self.shards.tars,
             index_paths=self.shards.indexes,
@@ -452,5 +470,7 @@ def build_eval_loader(
         audio_aug=audio_aug,
         mel=LogMel(sample_rate, mean=logmel_mean, std=logmel_std),
     )
-    return EvalLoader(spec, find_shards(shards_dir), batch_size=batch_size, device=device, seed=seed, num_threads=num_threads)
+    shards = find_shards(shards_dir)
+    shards.check_rates(fps, sample_rate)
+    return EvalLoader(spec, shards, batch_size=batch_size, device=device, seed=seed, num_threads=num_threads)
 

@@ -357,3 +357,32 @@ def test_corrupt_video_in_a_shard_is_named(index_shards, tmp_path):
     with pytest.raises(ShardError, match="idx-000000.tar"):
         for _ in loader:
             pass
+
+
+# ----------------------------------------------------------------------------- JPEG frame table
+
+
+def test_frame_table_matches_the_demuxer(index_shards, samples):
+    """The MP4 sample-table parse gives exactly the packets PyAV demuxes, each a whole JPEG."""
+    import io
+
+    import av
+
+    from crisscross.shards.mjpeg_frames import Mp4Error, frame_table, jpeg_frames
+
+    for sample in samples.values():
+        data = np.frombuffer(sample.raw[shard_format.VIDEO_EXT], dtype=np.uint8)
+        offsets, sizes = frame_table(data)
+        with av.open(io.BytesIO(data.tobytes())) as container:
+            packets = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size]
+        assert [(int(o), int(s)) for o, s in zip(offsets, sizes)] == packets
+        first, last = jpeg_frames(data, (offsets, sizes), np.array([0, 10**6]))
+        assert bytes(first[:2]) == b"\xff\xd8" and bytes(last[-2:]) == b"\xff\xd9"
+        assert last.nbytes == sizes[-1]  # indices past the end are clamped to the last frame
+    with pytest.raises(Mp4Error):
+        frame_table(np.zeros(4096, dtype=np.uint8))
+
+
+def test_rates_must_match_the_shards(index_shards):
+    with pytest.raises(ValueError, match="fps"):
+        build_train_loader(_config(index_shards, fps=25.0), batch_size=2)
