@@ -63,3 +63,13 @@ def test_yaml_file_with_base_and_saved_config_round_trip(tmp_path):
     save_config(cfg, tmp_path / "run" / "config.yaml")
     assert resolve_config(str(tmp_path / "run" / "config.yaml")) == cfg
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text()) == cfg
+
+
+def test_cli_prints_the_resolved_config_and_rejects_bad_keys(capsys):
+    from crisscross.tools.cli import main
+
+    assert main(["pretrain", "--config", "debug", "--print-config", "optim.lr=2e-3"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == resolve_config("debug", ["optim.lr=2e-3"])
+    assert main(["pretrain", "--config", "debug", "optim.lr=fast"]) == 2
+    assert "optim.lr: expected a number" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,15 +27,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from crisscross.train.config import resolve_config
 
-    config = resolve_config(args.config, args.overrides)
+    try:
+        config = resolve_config(args.config, args.overrides)
+    except (ValueError, FileNotFoundError) as exc:  # a bad preset, key or value: say which, no traceback
+        print(f"crisscross pretrain: error: {exc}", file=sys.stderr)
+        return 2
     if args.print_config:
         import yaml
         print(yaml.safe_dump(config, sort_keys=False))
         return 0
-    from crisscross.train.trainer import train
+    from crisscross.train.trainer import NonFiniteLossError, train
 
-    summary = train(config, resume=args.resume)
-    if summary.get("status") and _is_main():
+    try:
+        summary = train(config, resume=args.resume)
+    except (FileExistsError, NonFiniteLossError) as exc:
+        print(f"crisscross pretrain: error: {exc}", file=sys.stderr)
+        return 3
+    if _is_main():
         print(json.dumps(summary, sort_keys=True))
     return 0
 
