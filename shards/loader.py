@@ -54,6 +54,7 @@ class LoaderConfig:
     relaxation: str = "mild"  # none|mild|medium|extreme|extreme_official|mixed
     extreme_gap: float = 3.0  # seconds between views in extreme_official
     video_jitter: bool = False  # official code: video start drawn inside the audio window
+    sync_views: bool = False  # mild/medium: view 2's audio starts with its video (official: offset per modality)
     frames: int = 8
     frame_stride: int = 1  # shard frames between view frames (16 fps shards: 8 frames = 0.5 s)
     crop: int = 112
@@ -110,6 +111,7 @@ class LoaderConfig:
             relaxation=self.relaxation,
             extreme_gap=self.extreme_gap,
             video_jitter=self.video_jitter,
+            sync_views=self.sync_views,
             video_aug=self.augment.video,
             audio_aug=self.augment.audio,
             mel=self.mel(),

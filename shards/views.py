@@ -15,6 +15,7 @@ View 1 starts (both modalities) at ``t1``; view 2's video starts at ``t1 + dv`` 
 - ``mild`` (default, as the official code): ``dv = Wv / 2``, ``da = Wa / 2``: a ``1.5 Wv`` video and
   a ``1.5 Wa`` audio window cut into first/last parts, 50 % overlap in each modality.
 - ``medium``: ``dv = Wv``, ``da = Wa``: adjacent, non-overlapping windows.
+  (``sync_views``: ``da = dv`` in both, so view 2 is A/V-aligned too.)
 - ``extreme`` (paper): view 1 lies in the first half of the usable span, view 2 in the second half.
 - ``extreme_official``: a fixed gap, ``dv = da = extreme_gap`` (3 s in the official code).
 - ``mixed``: ``t1`` and ``t2`` drawn independently from ``[lo, hi]``.
@@ -191,16 +192,22 @@ def sample_view_starts(
     *,
     extreme_gap: float = 3.0,
     video_jitter: bool = False,
+    sync_views: bool = False,
 ) -> ViewStarts:
-    """Draw (per sample, inside DALI) the start times of both views for a relaxation ``mode``."""
+    """Draw (per sample, inside DALI) the start times of both views for a relaxation ``mode``.
+
+    ``sync_views``: in ``mild``/``medium`` view 2's audio starts with its video (offset ``dv`` for
+    both modalities) instead of the official code's per-modality offsets (``da = Wa/2`` resp. ``Wa``)."""
     if mode not in RELAXATION_MODES:
         raise ValueError(f"unknown relaxation mode {mode!r}; expected one of {RELAXATION_MODES}")
     if mode == "none":
         starts = _fixed_offset_starts(span, geo, 0.0, 0.0)
     elif mode == "mild":
-        starts = _fixed_offset_starts(span, geo, geo.video_seconds / 2, geo.audio_seconds / 2)
+        dv = geo.video_seconds / 2
+        starts = _fixed_offset_starts(span, geo, dv, dv if sync_views else geo.audio_seconds / 2)
     elif mode == "medium":
-        starts = _fixed_offset_starts(span, geo, geo.video_seconds, geo.audio_seconds)
+        dv = geo.video_seconds
+        starts = _fixed_offset_starts(span, geo, dv, dv if sync_views else geo.audio_seconds)
     elif mode == "extreme_official":
         starts = _fixed_offset_starts(span, geo, extreme_gap, extreme_gap)
     elif mode == "extreme":

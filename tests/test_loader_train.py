@@ -215,6 +215,14 @@ def test_mode_offsets_hold_over_many_draws(index_shards, samples, mode):
         assert np.std(starts) > 0.3  # t1 is random, not a constant
 
 
+@pytest.mark.parametrize("mode,step", [("mild", 0.25), ("medium", 0.5)])
+def test_sync_views_aligns_view_two(index_shards, mode, step):
+    draws = _draw_times(index_shards, mode, rounds=10, sync_views=True)
+    for _, (tv1, ta1, tv2, ta2), code in draws:
+        if code == FALLBACK_NONE:
+            assert tv1 == ta1 and tv2 == ta2 and tv2 - tv1 == pytest.approx(step)
+
+
 def test_video_jitter_keeps_video_inside_audio_window(index_shards):
     for _, (tv1, ta1, tv2, ta2), code in _draw_times(index_shards, "mild", rounds=10, video_jitter=True):
         if code == FALLBACK_NONE:
