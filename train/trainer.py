@@ -454,6 +454,9 @@ def run_steps(config: dict[str, Any], setup: Setup, env: DistEnv, stream: Prefet
                             for m, v in (("video", "v1"), ("audio", "a1")) if v in outputs})
             metrics.update({f"lr/{name}": lr for name, lr in rates.items()})
             metrics["epoch"] = done / setup.steps_per_epoch
+            # loader counters (e.g. short-clip fallbacks of the relaxed view sampling), rank 0's view
+            metrics.update({f"data/{k}": float(v) for k, v in setup.loader.stats().items()
+                            if isinstance(v, (int, float))})
             logger.record(done, metrics)
             meter.reset()
         if at_ckpt:
