@@ -202,6 +202,10 @@ def _shards_of(keys_info: np.ndarray) -> list[str]:
     return sorted({bytes(r).rstrip(b"\0").decode("utf-8", "replace").rsplit(":", 2)[0] for r in keys_info})
 
 
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
     """Copy a dense DALI batch into a new torch tensor on ``device`` (DALI's PyTorch plugin)."""
     dense = tensor_list.as_tensor()
@@ -242,7 +246,8 @@ class TrainLoader:
         self._work = self._build_work()
         self._plan = self._build_plan(checkpoint=None)
         num_samples = int(self._plan.reader_meta(READER_NAME)["epoch_size"])
-        self._pulls_per_epoch = -(-(-(-num_samples // world_size)) // batch_size)  # ceil(ceil(N/W)/B)
+        # DALI pads every rank's slice to ceil(N / W) samples and its last batch (pad_last_batch)
+        self._pulls_per_epoch = _ceil_div(_ceil_div(num_samples, world_size), batch_size)
         self._batches_per_epoch = (num_samples // world_size) // batch_size
         if self._batches_per_epoch == 0:
             raise ValueError(f"{num_samples} samples over {world_size} ranks cannot fill one batch of {batch_size}")
@@ -287,7 +292,8 @@ class TrainLoader:
             try:
                 jpegs = jpeg_frames(data, self._frame_tables.get(source, data), frame_ids[b])
             except Mp4Error as exc:
-                raise ShardError(f"sample {source.rsplit(':', 1)[-1]} of shard {source.rsplit(':', 2)[0]}: bad video: {exc}") from exc
+                key = _keys_from_source_info(info[b : b + 1])[0]
+                raise ShardError(f"sample {key} of shard {source.rsplit(':', 2)[0]}: bad video: {exc}") from exc
             for j, jpeg in enumerate(jpegs):
                 per_frame[j].append(jpeg)
         for j, jpegs in enumerate(per_frame):
