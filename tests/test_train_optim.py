@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crisscross.train.models import CrissCrossModel, ModelConfig
 from crisscross.train.optim import (LARC, Schedule, build_optimizer, learning_rate, parameter_groups,
@@ -82,3 +84,18 @@ def test_larc_wraps_adam_with_state_dict_round_trip():
     state = opt.state_dict()
     assert state["param_groups"][0]["name"] == "video_base" and len(state["state"]) == 2
     assert all(math.isfinite(p.abs().sum().item()) for p in model.parameters())
+
+
+@settings(max_examples=200, deadline=None)
+@given(lr=st.floats(1e-6, 1.0), end_fraction=st.floats(0.0, 1.0), warmup=st.integers(0, 50),
+       total=st.integers(1, 500), step=st.integers(0, 600))
+def test_base_lr_stays_between_zero_and_peak_and_ends_at_end_lr(lr, end_fraction, warmup, total, step):
+    total = max(total, warmup + 1)
+    schedule = Schedule(lr=lr, end_lr=lr * end_fraction, pred_lr=10 * lr, warmup_steps=warmup, total_steps=total)
+    value = learning_rate(step, "audio_base", schedule)
+    assert 0.0 <= value <= lr * (1 + 1e-12)
+    if step >= warmup:
+        assert value >= schedule.end_lr * (1 - 1e-12)
+    if step >= total:
+        assert value == pytest.approx(schedule.end_lr, rel=1e-9, abs=1e-15)
+    assert learning_rate(step, "audio_pred", schedule) == 10 * lr
