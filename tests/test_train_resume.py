@@ -137,6 +137,7 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_pa
         return (loss * math.nan if calls["n"] == 6 else loss), logs
 
     monkeypatch.setattr(trainer.CrissCrossObjective, "__call__", poisoned)
+    handlers_before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGUSR1)
     config = resolve_config("debug", [f"run.dir={tmp_path}", "run.checkpoint_every=4", "run.log_every=1",
                                       "run.tensorboard=false"])
     with pytest.raises(trainer.NonFiniteLossError, match=r"non-finite loss .*step 4"):
@@ -146,3 +147,6 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_pa
     assert all(torch.isfinite(t).all() for t in good["model"].values() if t.is_floating_point())
     steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5]  # the NaN step itself is never logged as a result
+    # the preemption handlers are gone again: SIGTERM means "terminate" outside train()
+    assert signal.getsignal(signal.SIGTERM) is handlers_before[0]
+    assert signal.getsignal(signal.SIGUSR1) is handlers_before[1]

@@ -100,14 +100,26 @@ def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
 
 # ------------------------------------------------------------------------------------- signals
 class StopFlag:
-    """Set by SIGTERM/SIGUSR1 (cluster preemption); the loop checks it between steps."""
+    """Set by SIGTERM/SIGUSR1 (cluster preemption) while training; the loop checks it between steps.
+
+    A context manager: the previous handlers come back afterwards, so a program that calls
+    ``train()`` and then does other work (the demo) is terminated by SIGTERM as usual.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
 
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
+    def __enter__(self) -> "StopFlag":
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.signal = signum
@@ -392,14 +404,13 @@ def _train(config: dict[str, Any], resume: str | None, env: DistEnv) -> dict[str
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
 
-    stop = StopFlag()
-    stop.install()
     logger = RunLogger(run_dir, config, start_step, setup.last_step, env.is_main)
     if checkpoint_file:
         logger.message(f"resumed from {checkpoint_file} at step {start_step}")
     stream = Prefetcher(setup.loader, depth=int(run["prefetch"]))
     try:
-        status, step, metrics = run_steps(config, setup, env, stream, logger, stop, start_step)
+        with StopFlag() as stop:
+            status, step, metrics = run_steps(config, setup, env, stream, logger, stop, start_step)
     finally:
         stream.close()
         logger.close()
