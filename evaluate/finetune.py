@@ -268,6 +268,7 @@ def run_finetune(checkpoint: str, data_dir: Path, cfg: EvalConfig, out_dir: Path
     ft = FinetuneConfig.from_dict(cfg.finetune)
     if ft.batch_size % world.world:
         raise ValueError(f"finetune.batch_size {ft.batch_size} is not divisible by the world size {world.world}")
+    started = time.perf_counter()
     ctx = open_run(checkpoint, data_dir, cfg)
     labels, classes = label_indices(ctx.manifest)
     rows: list[ResultRow] = []
@@ -278,6 +279,7 @@ def run_finetune(checkpoint: str, data_dir: Path, cfg: EvalConfig, out_dir: Path
         for k, v in part_timing.items():
             timing[k] += v
     path = Path(out_dir) / "results.json"
+    timing["total"] = time.perf_counter() - started
     if world.main:
         path = finish_run(ctx, out_dir, "finetune", rows, timing)
     world.barrier()

@@ -26,6 +26,7 @@ def concatenate(clips: ClipFeatures) -> ClipFeatures:
 
 
 def run_fusion(checkpoint: str, data_dir: Path, cfg: EvalConfig, out_dir: Path) -> Path:
+    started = time.perf_counter()
     ctx = open_run(checkpoint, data_dir, cfg)
     train_clips = extract_pass(ctx.encoders, ctx.data_dir, cfg, cfg.train_pass, FUSION_HEADS)
     test_clips = extract_pass(ctx.encoders, ctx.data_dir, cfg, cfg.test_pass, FUSION_HEADS)
@@ -34,5 +35,5 @@ def run_fusion(checkpoint: str, data_dir: Path, cfg: EvalConfig, out_dir: Path) 
     concat_s = time.perf_counter() - start
     rows, classifier_s = classify_rows(ctx, train_joint, test_joint, "audio+video", "audio+video", "fusion")
     timing = {"features_train": train_clips.seconds, "features_test": test_clips.seconds,
-              "classifier": classifier_s + concat_s}
+              "classifier": classifier_s + concat_s, "total": time.perf_counter() - started}
     return finish_run(ctx, out_dir, "fusion", rows, timing)

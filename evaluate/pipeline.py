@@ -137,8 +137,16 @@ def open_run(checkpoint: str, data_dir: Path, cfg: EvalConfig) -> RunContext:
     data_dir = Path(data_dir)
     manifest = read_manifest(data_dir)
     encoders = load_encoders(checkpoint, model=cfg.model, seed=cfg.seed, device=cfg.device)
-    pretrain = cfg.pretrain or ("random" if checkpoint == "random" else Path(checkpoint).resolve().name)
+    pretrain = cfg.pretrain or ("random" if checkpoint == "random" else _run_name(Path(checkpoint)))
     return RunContext(cfg, data_dir, encoders, manifest, cfg.dataset or _dataset_name(data_dir), pretrain)
+
+
+def _run_name(checkpoint: Path) -> str:
+    """The training run a checkpoint belongs to: runs/ks/export -> ks, runs/ks/checkpoints/step-9.pt -> ks."""
+    path = checkpoint.resolve()
+    while path.parent != path and (path.is_file() or path.name in ("export", "checkpoints")):
+        path = path.parent
+    return path.name
 
 
 def _dataset_name(data_dir: Path) -> str:
@@ -222,17 +230,20 @@ def classify_rows(ctx: RunContext, train_clips: ClipFeatures, test_clips: ClipFe
 # ------------------------------------------------------------------------------ evaluators
 def run_linear(checkpoint: str, data_dir: Path, cfg: EvalConfig, out_dir: Path) -> Path:
     """Linear evaluation of one modality's frozen features (appendix E.1)."""
+    started = time.perf_counter()
     ctx = open_run(checkpoint, data_dir, cfg)
     heads = {cfg.modality: (cfg.modality, POOLINGS["linear"][cfg.modality])}
     train_clips = extract_pass(ctx.encoders, ctx.data_dir, cfg, cfg.train_pass, heads)
     test_clips = extract_pass(ctx.encoders, ctx.data_dir, cfg, cfg.test_pass, heads)
     rows, classifier_s = classify_rows(ctx, train_clips, test_clips, cfg.modality, cfg.modality, "linear")
-    timing = {"features_train": train_clips.seconds, "features_test": test_clips.seconds, "classifier": classifier_s}
+    timing = {"features_train": train_clips.seconds, "features_test": test_clips.seconds, "classifier": classifier_s,
+              "total": time.perf_counter() - started}
     return finish_run(ctx, out_dir, "linear", rows, timing)
 
 
 def run_retrieval(checkpoint: str, data_dir: Path, cfg: EvalConfig, out_dir: Path) -> Path:
     """Nearest-neighbour retrieval on sample features (mean of the test-pass clips; appendix E.3)."""
+    started = time.perf_counter()
     ctx = open_run(checkpoint, data_dir, cfg)
     directions = list(cfg.retrieval.get("directions", []))
     ks = tuple(int(k) for k in cfg.retrieval.get("ks", (1, 5, 20)))
@@ -272,6 +283,7 @@ def run_retrieval(checkpoint: str, data_dir: Path, cfg: EvalConfig, out_dir: Pat
         plot_start = time.perf_counter()
         _retrieval_plots(ctx, clips, feats, parts[0], labels, classes, directions, Path(out_dir))
         timing["plots"] = time.perf_counter() - plot_start
+    timing["total"] = time.perf_counter() - started
     return finish_run(ctx, out_dir, "retrieval", rows, timing)
 
 

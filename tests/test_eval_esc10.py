@@ -69,6 +69,6 @@ def test_esc10_linear_svm_is_fold_averaged_honest_and_deterministic(esc10_shards
         best = next(r for r in comparison if r["split"] == fold["split"])
         assert best["value"] >= fold["value"]  # selection on test can only look better
     payload = json.loads((tmp_path / "a" / "results.json").read_text())
-    assert set(payload["timing_s"]) == {"features_train", "features_test", "classifier"}
+    assert set(payload["timing_s"]) == {"features_train", "features_test", "classifier", "total"}
     assert (tmp_path / "a" / "results.md").read_text().count("| linear | esc10 |") == len(first)
     assert (tmp_path / "a" / "config.yaml").exists()
