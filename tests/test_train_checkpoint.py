@@ -18,6 +18,10 @@ def test_atomic_save_retention_and_find_latest(tmp_path):
     for step in (5, 10, 15, 20):
         save_checkpoint(tmp_path, step, {"step": step, "w": torch.full((3,), float(step))}, keep=2)
     assert [s for s, _ in list_checkpoints(tmp_path)] == [15, 20]
+    milestones = tmp_path / "milestones"
+    for step in range(5, 45, 5):
+        save_checkpoint(milestones, step, {"step": step}, keep=2, keep_every=20)
+    assert [s for s, _ in list_checkpoints(milestones)] == [20, 35, 40]
     # a half-written checkpoint (crash mid-save) is never taken for a whole one
     (checkpoint_dir(tmp_path) / ".step-000000025.pt.999.tmp").write_bytes(b"\x80\x02truncated")
     (checkpoint_dir(tmp_path) / "step-000000030.pt.tmp").write_bytes(b"partial")

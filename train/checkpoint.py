@@ -42,8 +42,11 @@ def find_latest(run_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep: int | None = 3) -> Path:
-    """Atomically write ``state`` as the checkpoint of ``step``; then keep only the newest ``keep``."""
+def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep: int | None = 3,
+                    keep_every: int | None = None) -> Path:
+    """Atomically write ``state`` as the checkpoint of ``step``; then keep only the newest ``keep``
+    (plus, if ``keep_every`` is set, every checkpoint whose step is a multiple of it: milestones for
+    evaluating the encoders along the run)."""
     path = checkpoint_path(run_dir, step)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -54,8 +57,9 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep:
     os.replace(tmp, path)
     _fsync_dir(path.parent)
     if keep is not None and keep > 0:
-        for _, old in list_checkpoints(run_dir)[:-keep]:
-            old.unlink(missing_ok=True)
+        for old_step, old in list_checkpoints(run_dir)[:-keep]:
+            if not (keep_every and old_step % keep_every == 0):
+                old.unlink(missing_ok=True)
     return path
 
 

@@ -39,7 +39,8 @@ DEFAULTS: dict[str, Any] = {
         "prefetch": 1,            # batches decoded ahead on a background thread (0 = inline)
         "log_every": 10,          # steps between console/TensorBoard/JSONL records
         "checkpoint_every": 500,  # steps between checkpoints (plus one at the end and on SIGTERM)
-        "keep_checkpoints": 3,    # newest checkpoints kept; older ones are deleted
+        "keep_checkpoints": 3,    # newest checkpoints kept; older ones are deleted ...
+        "keep_every": None,       # ... except steps that are multiples of this (milestones)
         "progress": True,         # tqdm bar on rank 0
         "tensorboard": True,
         "export": True,           # write safetensors backbones to <dir>/export at the end

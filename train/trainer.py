@@ -271,7 +271,8 @@ def write_checkpoint(run_dir: Path, step: int, config: dict[str, Any], raw: nn.M
             "model": raw.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "loader": loader_states, "rng": rng_states,
         }
-        path = save_checkpoint(run_dir, step, state, keep=config["run"]["keep_checkpoints"])
+        path = save_checkpoint(run_dir, step, state, keep=config["run"]["keep_checkpoints"],
+                               keep_every=config["run"]["keep_every"])
     if env.distributed:
         dist.barrier(group=env.control)
     return path
