@@ -106,3 +106,28 @@ def test_bad_model_config_is_rejected():
         ModelConfig.from_dict({"depth": 18})
     with pytest.raises(ValueError, match="video_blocks"):
         ModelConfig(video_blocks=[2, 2, 2])
+
+
+def test_shared_predictor_is_one_module_fed_normalized_projections():
+    """Table 3's 'common predictor': one predictor for both modalities, in one optimizer group."""
+    from crisscross.train.models import CrissCrossModel, ModelConfig
+    from crisscross.train.optim import parameter_groups
+
+    model = CrissCrossModel(ModelConfig.tiny(shared_predictor=True, norm="group"))
+    assert model.audio.predictor is model.video.predictor
+    groups = {g["name"]: g["params"] for g in parameter_groups(model)}
+    assert set(groups) == {"video_base", "video_pred", "audio_base"}
+    all_ids = [id(p) for params in groups.values() for p in params]
+    assert len(all_ids) == len(set(all_ids)), "a parameter sits in two optimizer groups"
+    torch.optim.Adam(parameter_groups(model))  # torch refuses duplicated parameters
+    views = {"v1": torch.randn(2, 3, 4, 32, 32), "a1": torch.randn(2, 1, 80, 100)}
+    out = model(views)
+    z, p = out["a1"]
+    expected = model.audio.predictor(torch.nn.functional.normalize(z, dim=1))
+    assert torch.allclose(p, expected)
+    (out["v1"][1].sum() + p.sum()).backward()
+    first = next(model.video.predictor.parameters())
+    assert first.grad is not None and first.grad.abs().sum() > 0
+    separate = CrissCrossModel(ModelConfig.tiny())
+    assert separate.audio.predictor is not separate.video.predictor
+    assert not separate.audio.normalize_predictor_input

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+import torch.nn.functional as F
 from torchvision.models.resnet import BasicBlock, ResNet
 
 NORMS = ("batch", "group", "none")
@@ -43,6 +44,8 @@ class ModelConfig:
     proj_dim: int = 2048
     proj_layers: int = 3                 # 3 = fc-bn-relu, fc-bn-relu, fc-bn; 2 drops the middle one
     pred_hidden: int = 512
+    # Table 3 "comm. pred.": one predictor for both modalities, fed l2-normalized projections
+    shared_predictor: bool = False
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -227,15 +230,18 @@ class Predictor(nn.Sequential):
 class Branch(nn.Module):
     """One modality: encoder (backbone) + projector give z; the predictor maps z to p."""
 
-    def __init__(self, encoder: nn.Module, cfg: ModelConfig) -> None:
+    def __init__(self, encoder: nn.Module, cfg: ModelConfig, predictor: nn.Module | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.projector = Projector(encoder.out_dim, cfg)
-        self.predictor = Predictor(cfg)
+        self.predictor = predictor if predictor is not None else Predictor(cfg)
+        # a predictor shared by both modalities sees l2-normalized projections (paper, section 4.4),
+        # so that neither modality's scale dominates the common mapping
+        self.normalize_predictor_input = cfg.shared_predictor
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.projector(self.encoder(x))
-        return z, self.predictor(z)
+        return z, self.predictor(F.normalize(z, dim=1) if self.normalize_predictor_input else z)
 
 
 class CrissCrossModel(nn.Module):
@@ -249,7 +255,7 @@ class CrissCrossModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.video = Branch(build_video_encoder(cfg), cfg)
-        self.audio = Branch(build_audio_encoder(cfg), cfg)
+        self.audio = Branch(build_audio_encoder(cfg), cfg, self.video.predictor if cfg.shared_predictor else None)
 
     def forward(self, views: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         # each view goes through its branch separately, as in SimSiam and the official code, so

@@ -54,11 +54,17 @@ def set_learning_rates(optimizer: "torch.optim.Optimizer | LARC", step: int, sch
 
 def parameter_groups(model: nn.Module) -> list[dict[str, Any]]:
     """The four named groups of a ``CrissCrossModel``; frozen (unused-modality) params are left out."""
-    groups = []
+    groups, seen = [], set()
+
+    def fresh(params) -> list[torch.nn.Parameter]:  # a shared predictor belongs to the video group only
+        out = [p for p in params if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in out)
+        return out
+
     for modality in ("video", "audio"):
         branch = getattr(model, modality)
-        base = [p for m in (branch.encoder, branch.projector) for p in m.parameters() if p.requires_grad]
-        pred = [p for p in branch.predictor.parameters() if p.requires_grad]
+        base = fresh(p for m in (branch.encoder, branch.projector) for p in m.parameters())
+        pred = fresh(branch.predictor.parameters())
         for suffix, params in (("base", base), ("pred", pred)):
             if params:
                 groups.append({"name": f"{modality}_{suffix}", "params": params})
