@@ -95,12 +95,12 @@ def _pct(value: float | None) -> str:
 
 
 def markdown_table(rows: Iterable[ResultRow]) -> str:
-    header = "| task | dataset | split | modality | input | protocol | metric | value (%) | checkpoint |"
+    header = "| task | dataset | split | modality | input | protocol | metric | value (%) | pretrain | checkpoint |"
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for r in rows:
         lines.append(
             f"| {r.task} | {r.dataset} | {r.split} | {r.modality} | {r.input} | {r.protocol} | "
-            f"{r.metric} | {_pct(r.value)} | {r.checkpoint_sha[:12]} |"
+            f"{r.metric} | {_pct(r.value)} | {r.pretrain} | {r.checkpoint_sha[:12]} |"
         )
     return "\n".join(lines)
 
