@@ -95,14 +95,14 @@ def _endless(loader):
         yield from loader
 
 
-def _ours(shards: Path, args: argparse.Namespace, batch_size: int | None = None) -> dict[str, float]:
+def _ours(shards: Path, args: argparse.Namespace, batch_size: int | None = None, batches: int | None = None) -> dict[str, float]:
     from crisscross.shards.loader import build_train_loader
 
     device = args.device if args.device != "cuda" else "cuda:0"
     batch_size = batch_size or args.batch_size
     loader = build_train_loader({"shards": str(shards), "relaxation": "mild", "num_threads": args.threads},
                                 batch_size=batch_size, device=device, seed=0)
-    result = _time_batches(_endless(loader), args.batches, batch_size)
+    result = _time_batches(_endless(loader), batches or args.batches, batch_size)
     result["cpu_ms_per_clip"] = 1e3 * result.pop("cpu_s") / result["clips"]
     return result
 
@@ -249,7 +249,8 @@ def _anchor(manifest: Path, args: argparse.Namespace) -> dict[str, float]:
                                          num_workers=args.workers, worker_init_fn=_one_thread_per_worker,
                                          prefetch_factor=2 if args.workers else None, persistent_workers=False)
     iterator = iter(loader)
-    next(iterator)
+    for _ in range(max(1, args.workers)):  # every worker past its imports and librosa's JIT warm-up
+        next(iterator)
     cpu0, wall0 = _cpu_seconds(), time.perf_counter()
     for _ in range(args.batches):
         next(iterator)
@@ -257,8 +258,8 @@ def _anchor(manifest: Path, args: argparse.Namespace) -> dict[str, float]:
     del iterator  # workers exit, so their CPU time lands in RUSAGE_CHILDREN
     time.sleep(0.5)
     clips = args.batches * args.batch_size
-    # workers ran ahead by their prefetch (and the warm-up); charge their CPU per clip produced
-    produced = clips + args.batch_size * (1 + 2 * max(args.workers, 1))
+    # workers ran ahead by their prefetch (2 batches each); charge their CPU per clip produced
+    produced = clips + args.batch_size * 2 * max(args.workers, 1)
     cpu = _cpu_seconds() - cpu0
     return {"clips_per_s": clips / wall, "wall_s": wall, "clips": clips, "cpu_ms_per_clip": 1e3 * cpu / produced}
 
@@ -287,8 +288,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # the untimed generation short: our loader reads 112 px shards either way.
             long_manifest = _sources(work / "src_long", count=args.long_clips, seconds=args.long_seconds, size=(160, 120))
             short_manifest = _sources(work / "src_short", count=args.long_clips, seconds=10.0, size=(160, 120))
-            long_ours = _ours(_shards(long_manifest, work / "shards_long"), args, batch_size=args.long_clips)
-            short_ours = _ours(_shards(short_manifest, work / "shards_short"), args, batch_size=args.long_clips)
+            # as many clips as the main measurement, in smaller batches
+            batches = args.batches * max(1, args.batch_size // args.long_clips)
+            long_ours = _ours(_shards(long_manifest, work / "shards_long"), args, batch_size=args.long_clips, batches=batches)
+            short_ours = _ours(_shards(short_manifest, work / "shards_short"), args, batch_size=args.long_clips, batches=batches)
             long = {"seconds": args.long_seconds, "batch_size": args.long_clips,
                     "ours_10s_clips_per_s": round(short_ours["clips_per_s"], 2),
                     "ours_long_clips_per_s": round(long_ours["clips_per_s"], 2),
