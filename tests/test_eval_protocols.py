@@ -172,3 +172,16 @@ def test_tsne_map_writes_an_image(tmp_path):
     feats = _blobs(5, 3, clips=1, dim=8, seed=5)
     path = tsne_map(tmp_path / "tsne.png", feats.features[:, 0], [str(c) for c in feats.labels])
     assert mpimg.imread(path).shape[0] > 100
+
+
+def test_eval_report_command_collects_results_from_folders(tmp_path, capsys):
+    from crisscross.tools.cli import main
+
+    write_results(tmp_path / "runs" / "a", [_row()], timing={}, run={})
+    write_results(tmp_path / "runs" / "b", [_row(dataset="dcase", value=0.9)], timing={}, run={})
+    assert main(["eval", "report", str(tmp_path / "runs"), "--out", str(tmp_path / "report.md")]) == 0
+    text = (tmp_path / "report.md").read_text()
+    table8 = text.split("**Table 8")[1]
+    assert "| ESC50 | 81.2 |" in table8 and "| DCASE | 90.0 |" in table8
+    with pytest.raises(FileNotFoundError):
+        main(["eval", "report", str(tmp_path / "missing")])
