@@ -283,4 +283,6 @@ def run_finetune(checkpoint: str, data_dir: Path, cfg: EvalConfig, out_dir: Path
     if world.main:
         path = finish_run(ctx, out_dir, "finetune", rows, timing)
     world.barrier()
+    if world.world > 1:
+        dist.destroy_process_group()
     return path

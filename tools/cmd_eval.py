@@ -9,6 +9,7 @@ overrides, and writes ``results.json``, ``results.md`` and ``config.yaml`` into 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 EVALUATORS = ("linear", "retrieval", "finetune", "fusion")
@@ -46,8 +47,9 @@ def _run_evaluator(args: argparse.Namespace) -> int:
     else:
         from crisscross.evaluate.finetune import run_finetune as run
     path = run(args.checkpoint, args.data, cfg, out)
-    print((path.parent / "results.md").read_text(encoding="utf-8"))
-    print(f"wrote {path}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 wrote the results
+        print((path.parent / "results.md").read_text(encoding="utf-8"))
+        print(f"wrote {path}")
     return 0
 
 
