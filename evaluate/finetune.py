@@ -37,7 +37,6 @@ from crisscross.evaluate.pipeline import (
     finish_run,
     label_indices,
     open_run,
-    partitions,
 )
 from crisscross.evaluate.report import COMPARISON_ONLY, ResultRow
 
@@ -273,7 +272,7 @@ def run_finetune(checkpoint: str, data_dir: Path, cfg: EvalConfig, out_dir: Path
     labels, classes = label_indices(ctx.manifest)
     rows: list[ResultRow] = []
     timing: dict[str, float] = {"train": 0.0, "test": 0.0}
-    for part in partitions(ctx.manifest, cfg):
+    for part in ctx.partitions():
         part_rows, part_timing = finetune_partition(ctx, part, Path(out_dir) / part.name, ft, world, labels, len(classes))
         rows += part_rows
         for k, v in part_timing.items():

@@ -46,8 +46,8 @@ class Partition:
     test_keys: list[str]
 
 
-def partitions(manifest: dict[str, SampleInfo], cfg: EvalConfig) -> list[Partition]:
-    """Leave-one-fold-out over the manifest's folds, or its train/test split."""
+def partitions(manifest: dict[str, SampleInfo], cfg: EvalConfig, split_name: str = "test") -> list[Partition]:
+    """Leave-one-fold-out over the manifest's folds, or its train/test split (named ``split_name``)."""
     labelled = [s for s in manifest.values() if s.label_index >= 0 or s.label not in ("", "None")]
     folds = sorted({s.fold for s in labelled if s.fold >= 0})
     mode = cfg.splits if cfg.splits != "auto" else ("folds" if len(folds) >= 2 else "split")
@@ -68,7 +68,7 @@ def partitions(manifest: dict[str, SampleInfo], cfg: EvalConfig) -> list[Partiti
     if not train or not test:
         splits = sorted({s.split for s in labelled})
         raise ValueError(f"splits=split needs samples with split 'train' and 'test'; the manifest has {splits}")
-    return [Partition("test", train, test)]
+    return [Partition(split_name, train, test)]
 
 
 def label_indices(manifest: dict[str, SampleInfo]) -> tuple[dict[str, int], list[str]]:
@@ -125,6 +125,10 @@ class RunContext:
     manifest: dict[str, SampleInfo]
     dataset: str
     pretrain: str
+    split_name: str = "test"  # "split1".."split3" for UCF101/HMDB51 shards (the builder's official split)
+
+    def partitions(self) -> list[Partition]:
+        return partitions(self.manifest, self.cfg, self.split_name)
 
     def row(self, **kw: Any) -> ResultRow:
         base = dict(dataset=self.dataset, checkpoint_sha=self.encoders.checkpoint_sha, pretrain=self.pretrain,
@@ -138,7 +142,18 @@ def open_run(checkpoint: str, data_dir: Path, cfg: EvalConfig) -> RunContext:
     manifest = read_manifest(data_dir)
     encoders = load_encoders(checkpoint, model=cfg.model, seed=cfg.seed, device=cfg.device)
     pretrain = cfg.pretrain or ("random" if checkpoint == "random" else _run_name(Path(checkpoint)))
-    return RunContext(cfg, data_dir, encoders, manifest, cfg.dataset or _dataset_name(data_dir), pretrain)
+    return RunContext(cfg, data_dir, encoders, manifest, cfg.dataset or _dataset_name(data_dir), pretrain,
+                      _split_name(data_dir))
+
+
+def _split_name(data_dir: Path) -> str:
+    """UCF101/HMDB51 shards hold one official split (dataset.json build.split); name rows after it."""
+    info = data_dir / "dataset.json"
+    if info.exists():
+        build = json.loads(info.read_text(encoding="utf-8")).get("build") or {}
+        if build.get("adapter") in ("ucf101", "hmdb51") and build.get("split"):
+            return f"split{int(build['split'])}"
+    return "test"
 
 
 def _run_name(checkpoint: Path) -> str:
@@ -184,7 +199,7 @@ def classify_rows(ctx: RunContext, train_clips: ClipFeatures, test_clips: ClipFe
     """SVM (cost by CV on train) or linear FC on every partition, plus the across-fold mean."""
     cfg = ctx.cfg
     labels, classes = label_indices(ctx.manifest)
-    parts = partitions(ctx.manifest, cfg)
+    parts = ctx.partitions()
     rows: list[ResultRow] = []
     start = time.perf_counter()
     honest, per_cost = [], []
@@ -254,7 +269,7 @@ def run_retrieval(checkpoint: str, data_dir: Path, cfg: EvalConfig, out_dir: Pat
     labels, classes = label_indices(ctx.manifest)
     feats = {m: sample_means(clips.features[m]) for m in heads}
     rows: list[ResultRow] = []
-    parts = partitions(ctx.manifest, cfg)
+    parts = ctx.partitions()
     for direction in directions:
         q_mod, g_mod = direction.split("->")
         per_part: list[dict[int, float]] = []

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -119,15 +119,26 @@ def find_results(paths: Iterable[Path]) -> list[Path]:
 
 
 def _headline(rows: list[ResultRow]) -> list[ResultRow]:
-    """Honest rows for the paper tables: the averaged figure ("mean") where there is one."""
-    honest = [r for r in rows if not r.comparison_only]
-    keyed: dict[tuple, ResultRow] = {}
-    for r in honest:
-        key = (r.task, r.dataset, r.modality, r.input, r.metric, r.pretrain)
-        # a "mean" row (averaged over folds/splits) beats a single-split row
-        if key not in keyed or (r.split == "mean" and keyed[key].split != "mean"):
-            keyed[key] = r
-    return list(keyed.values())
+    """Honest rows for the paper tables, one per (task, dataset, modality, input, metric, pretrain):
+    the evaluator's "mean" row where there is one; else, when several runs measured different
+    splits (UCF101/HMDB51 split1..3, one shard dataset each), their average, as the paper
+    reports; else the single row."""
+    groups: dict[tuple, list[ResultRow]] = {}
+    for r in rows:
+        if not r.comparison_only:
+            groups.setdefault((r.task, r.dataset, r.modality, r.input, r.metric, r.pretrain), []).append(r)
+    chosen: list[ResultRow] = []
+    for group in groups.values():
+        mean = next((r for r in group if r.split == "mean"), None)
+        by_split = {r.split: r for r in group}  # a split measured twice: the later file wins
+        if mean is not None or len(by_split) == 1:
+            chosen.append(mean or group[-1])
+            continue
+        splits = sorted(by_split)
+        first = by_split[splits[0]]
+        chosen.append(replace(first, split="mean", value=sum(r.value for r in by_split.values()) / len(splits),
+                              extra={"over": splits, "averaged_by": "eval report"}))
+    return chosen
 
 
 def _grid(title: str, row_names: list[str], col_names: list[str], cell) -> str:

@@ -185,3 +185,19 @@ def test_eval_report_command_collects_results_from_folders(tmp_path, capsys):
     assert "| ESC50 | 81.2 |" in table8 and "| DCASE | 90.0 |" in table8
     with pytest.raises(FileNotFoundError):
         main(["eval", "report", str(tmp_path / "missing")])
+
+
+def test_report_averages_official_splits_measured_by_separate_runs():
+    rows = [_row(dataset="ucf101", modality="video", input="8x224^2", split=f"split{i}", value=v)
+            for i, v in ((1, 0.5), (2, 0.6), (3, 0.7))]
+    table4 = collect_report(rows).split("**Table 6")[0]
+    assert "| UCF101 | 60.0 |" in table4
+
+
+def test_rows_of_ucf101_shards_are_named_after_their_official_split(tmp_path):
+    from crisscross.evaluate.pipeline import _split_name
+
+    (tmp_path / "dataset.json").write_text(json.dumps({"build": {"adapter": "ucf101", "split": 2}}))
+    assert _split_name(tmp_path) == "split2"
+    (tmp_path / "dataset.json").write_text(json.dumps({"build": {"adapter": "auto", "split": 1}}))
+    assert _split_name(tmp_path) == "test"

@@ -77,7 +77,7 @@ def _svm_sweep(data: Path, jobs: int) -> dict[str, float]:
     from crisscross.evaluate.config import load_config
     from crisscross.evaluate.features import POOLINGS
     from crisscross.evaluate.linear import SVMConfig, linear_svm
-    from crisscross.evaluate.pipeline import extract_pass, feature_set, label_indices, open_run, partitions
+    from crisscross.evaluate.pipeline import extract_pass, feature_set, label_indices, open_run
 
     cfg = load_config("esc50_2s", ["model=tiny", "folds=[1]", "train_pass.clips_per_sample=2",
                                    "test_pass.clips_per_sample=2", "batch_size=16"])
@@ -86,7 +86,7 @@ def _svm_sweep(data: Path, jobs: int) -> dict[str, float]:
     train = extract_pass(ctx.encoders, ctx.data_dir, cfg, cfg.train_pass, heads)
     test = extract_pass(ctx.encoders, ctx.data_dir, cfg, cfg.test_pass, heads)
     labels, classes = label_indices(ctx.manifest)
-    part = partitions(ctx.manifest, cfg)[0]
+    part = ctx.partitions()[0]
     tr = feature_set(train, "audio", part.train_keys, ctx.manifest, labels)
     te = feature_set(test, "audio", part.test_keys, ctx.manifest, labels)
     seconds = {}
