@@ -133,6 +133,7 @@ class SampleInfo:
     split: str
     fold: int
     group: str  # samples sharing a group (a source recording) stay on one side of CV splits
+    modalities: str = "av"  # manifest "modalities": "av", "v" or "a"
 
 
 GROUP_COLUMNS = ("group", "src_file", "source_group")  # first one present wins
@@ -173,7 +174,7 @@ def read_manifest(shards_dir: Path) -> dict[str, SampleInfo]:
     return {
         r["key"]: SampleInfo(
             key=r["key"], label=str(r["label"]), label_index=int(r["label_index"]), split=str(r["split"]),
-            fold=int(r["fold"]), group=_group(r, group_col),
+            fold=int(r["fold"]), group=_group(r, group_col), modalities=str(r.get("modalities") or "av"),
         )
         for r in rows
     }

@@ -272,7 +272,7 @@ def run_finetune(checkpoint: str, data_dir: Path, cfg: EvalConfig, out_dir: Path
     labels, classes = label_indices(ctx.manifest)
     rows: list[ResultRow] = []
     timing: dict[str, float] = {"train": 0.0, "test": 0.0}
-    for part in ctx.partitions():
+    for part in ctx.partitions(("video",)):
         part_rows, part_timing = finetune_partition(ctx, part, Path(out_dir) / part.name, ft, world, labels, len(classes))
         rows += part_rows
         for k, v in part_timing.items():

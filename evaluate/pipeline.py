@@ -46,9 +46,16 @@ class Partition:
     test_keys: list[str]
 
 
-def partitions(manifest: dict[str, SampleInfo], cfg: EvalConfig, split_name: str = "test") -> list[Partition]:
-    """Leave-one-fold-out over the manifest's folds, or its train/test split (named ``split_name``)."""
-    labelled = [s for s in manifest.values() if s.label_index >= 0 or s.label not in ("", "None")]
+def partitions(manifest: dict[str, SampleInfo], cfg: EvalConfig, split_name: str = "test",
+               needs: tuple[str, ...] = ()) -> list[Partition]:
+    """Leave-one-fold-out over the manifest's folds, or its train/test split (named ``split_name``).
+
+    Samples lacking a modality in ``needs`` (a video without sound, an audio-only clip) are left
+    out: the loader skips them, so they have no features to classify.
+    """
+    letters = {"video": "v", "audio": "a"}
+    labelled = [s for s in manifest.values() if (s.label_index >= 0 or s.label not in ("", "None"))
+                and all(letters[m] in s.modalities for m in needs)]
     folds = sorted({s.fold for s in labelled if s.fold >= 0})
     mode = cfg.splits if cfg.splits != "auto" else ("folds" if len(folds) >= 2 else "split")
     if mode == "folds":
@@ -127,8 +134,8 @@ class RunContext:
     pretrain: str
     split_name: str = "test"  # "split1".."split3" for UCF101/HMDB51 shards (the builder's official split)
 
-    def partitions(self) -> list[Partition]:
-        return partitions(self.manifest, self.cfg, self.split_name)
+    def partitions(self, needs: tuple[str, ...] = ()) -> list[Partition]:
+        return partitions(self.manifest, self.cfg, self.split_name, needs)
 
     def row(self, **kw: Any) -> ResultRow:
         base = dict(dataset=self.dataset, checkpoint_sha=self.encoders.checkpoint_sha, pretrain=self.pretrain,
@@ -199,7 +206,7 @@ def classify_rows(ctx: RunContext, train_clips: ClipFeatures, test_clips: ClipFe
     """SVM (cost by CV on train) or linear FC on every partition, plus the across-fold mean."""
     cfg = ctx.cfg
     labels, classes = label_indices(ctx.manifest)
-    parts = ctx.partitions()
+    parts = ctx.partitions(("video", "audio") if modality == "audio+video" else (modality,))
     rows: list[ResultRow] = []
     start = time.perf_counter()
     honest, per_cost = [], []
@@ -269,7 +276,7 @@ def run_retrieval(checkpoint: str, data_dir: Path, cfg: EvalConfig, out_dir: Pat
     labels, classes = label_indices(ctx.manifest)
     feats = {m: sample_means(clips.features[m]) for m in heads}
     rows: list[ResultRow] = []
-    parts = ctx.partitions()
+    parts = ctx.partitions(tuple(heads))
     for direction in directions:
         q_mod, g_mod = direction.split("->")
         per_part: list[dict[int, float]] = []

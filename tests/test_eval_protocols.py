@@ -201,3 +201,16 @@ def test_rows_of_ucf101_shards_are_named_after_their_official_split(tmp_path):
     assert _split_name(tmp_path) == "split2"
     (tmp_path / "dataset.json").write_text(json.dumps({"build": {"adapter": "auto", "split": 1}}))
     assert _split_name(tmp_path) == "test"
+
+
+def test_partitions_leave_out_samples_lacking_the_evaluated_modality():
+    from crisscross.evaluate.config import EvalConfig
+    from crisscross.evaluate.features import SampleInfo
+    from crisscross.evaluate.pipeline import partitions
+
+    manifest = {k: SampleInfo(k, "dog", 0, split, -1, k, mods)
+                for k, split, mods in (("a", "train", "av"), ("b", "train", "a"), ("c", "test", "av"), ("d", "test", "v"))}
+    video = partitions(manifest, EvalConfig(splits="split"), needs=("video",))[0]
+    assert (video.train_keys, video.test_keys) == (["a"], ["c", "d"])
+    both = partitions(manifest, EvalConfig(splits="split"), needs=("video", "audio"))[0]
+    assert (both.train_keys, both.test_keys) == (["a"], ["c"])
