@@ -62,8 +62,8 @@ def test_documented_commands_parse(doc):
         words = shlex.split(line)[1:]
         path = _subcommand_path(parser, words)
         assert path, f"{doc.name}: {line!r} names no command"
-        # parse the whole line when it names no placeholder (<...>): options must exist too
-        if not any("<" in w or "..." in w for w in words):
+        # parse the whole line when it names no placeholder (<...>, ..., $VAR): options must exist too
+        if not any("<" in w or "..." in w or "$" in w for w in words):
             try:
                 parser.parse_args(words)
             except SystemExit as exc:
