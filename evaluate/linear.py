@@ -132,8 +132,16 @@ def sample_scores(model, data: FeatureSet, num_classes: int) -> np.ndarray:
     return scores.reshape(n, k, num_classes).mean(axis=1)
 
 
-def _fit_and_score(train: FeatureSet, test: FeatureSet, cost: float, cfg: SVMConfig, num_classes: int):
-    """Fit on the clips of ``train``; return (sample-level accuracy on ``test``, converged)."""
+def _fit_and_score(train: FeatureSet, test: FeatureSet, cost: float, cfg: SVMConfig, num_classes: int,
+                   fit_rows: np.ndarray | None = None, score_rows: np.ndarray | None = None):
+    """Fit on the clips of ``train`` (its ``fit_rows``); return (sample-level accuracy on ``test``
+    (its ``score_rows``), converged). Subsets are cut here, inside the worker, so that the
+    parallel grid shares one copy of the features (joblib memory-maps large arrays) instead of
+    materialising a training subset per (cost, fold) job."""
+    if fit_rows is not None:
+        train = train.subset(fit_rows)
+    if score_rows is not None:
+        test = test.subset(score_rows)
     model = _make_svm(cost, cfg)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
@@ -170,10 +178,11 @@ def linear_svm(train: FeatureSet, test: FeatureSet, cfg: SVMConfig, num_classes:
     num_classes = num_classes or int(max(train.labels.max(), test.labels.max()) + 1)
     folds = cv_splits(train, cfg.cv_folds, cfg.seed)
     start = time.perf_counter()
-    jobs = [(c, train.subset(tr), train.subset(va)) for c in cfg.costs for tr, va in folds]
-    jobs += [(c, train, test) for c in cfg.costs]  # final fits, one per cost
+    jobs = [(c, train, tr, va) for c in cfg.costs for tr, va in folds]  # CV: train's own rows only
+    jobs += [(c, test, None, None) for c in cfg.costs]  # final fits on all of train, one per cost
     outcomes = Parallel(n_jobs=cfg.n_jobs)(
-        delayed(_fit_and_score)(fit_on, score_on, c, cfg, num_classes) for c, fit_on, score_on in jobs
+        delayed(_fit_and_score)(train, score_on, c, cfg, num_classes, fit_rows, score_rows)
+        for c, score_on, fit_rows, score_rows in jobs
     )
     n_cv = len(cfg.costs) * len(folds)
     cv_acc = {c: float(np.mean([outcomes[i * len(folds) + j][0] for j in range(len(folds))]))
