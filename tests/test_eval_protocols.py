@@ -214,3 +214,15 @@ def test_partitions_leave_out_samples_lacking_the_evaluated_modality():
     assert (video.train_keys, video.test_keys) == (["a"], ["c", "d"])
     both = partitions(manifest, EvalConfig(splits="split"), needs=("video", "audio"))[0]
     assert (both.train_keys, both.test_keys) == (["a"], ["c"])
+
+
+def test_linear_fc_learns_separable_features_deterministically():
+    from crisscross.evaluate.fc import FCConfig, linear_fc
+
+    train, test = _blobs(10, 3, clips=3, dim=6, seed=6), _blobs(5, 3, clips=4, dim=6, seed=7)
+    cfg = FCConfig(epochs=15, batch_size=16, milestones=[10])
+    first, second = linear_fc(train, test, cfg, num_classes=3), linear_fc(train, test, cfg, num_classes=3)
+    assert first == second
+    assert first.accuracy > 0.8 and first.epochs == 15
+    with pytest.raises(ValueError, match="unknown fc"):
+        FCConfig.from_dict({"epoch": 3})
