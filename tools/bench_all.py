@@ -1,4 +1,4 @@
-"""Run every benchmark (shards, loader, train) and write one Markdown table of their figures.
+"""Run every benchmark (shards, loader, train, eval) and write one Markdown table of their figures.
 
 Each benchmark runs in its own process (``crisscross bench NAME``), as a user would run it, so
 that thread settings and imports of one cannot colour another; its last output line is its
@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = ("shards", "loader", "train")
+BENCHES = ("shards", "loader", "train", "eval")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

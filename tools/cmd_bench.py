@@ -12,7 +12,7 @@ import argparse
 import importlib
 import json
 
-BENCHMARKS = ("shards", "loader", "train", "all")
+BENCHMARKS = ("shards", "loader", "train", "eval", "all")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
