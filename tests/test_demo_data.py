@@ -73,3 +73,19 @@ def test_labels_drive_rhythm_not_colour():
     assert periods[:3].max() < periods[3:].min()  # class 0 bounces faster than class 1
     colours = {s.background_rgb for s in specs}
     assert len(colours) == 6  # colours are per-clip nuisance, not class cues
+
+
+def test_hop_height_follows_the_period_and_the_ball_is_brighter_than_the_background():
+    rng = np.random.default_rng(2)
+    specs = [demo_data.draw_clip_spec(label, rng) for label in range(4) for _ in range(5)]
+    heights = [demo_data.bounce_amplitude(s.period) for s in specs]
+    # class k's hops are all lower than class k+1's: the rhythm is visible as a height too
+    for k in range(3):
+        assert max(heights[5 * k : 5 * k + 5]) < min(heights[5 * k + 5 : 5 * k + 10])
+    assert all(0.0 < h <= 1.0 for h in heights)
+    for spec in specs:  # one contrast polarity: every channel of the ball is brighter
+        assert min(spec.ball_rgb) > max(spec.background_rgb)
+    frame = demo_data.render_class_frame(0.3, specs[0], 160, 120)
+    bright = frame.sum(axis=2) > sum(specs[0].background_rgb) + 30
+    radius = specs[0].radius
+    assert abs(bright.sum() - np.pi * radius**2) < 0.2 * np.pi * radius**2  # the whole ball is drawn

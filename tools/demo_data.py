@@ -3,12 +3,15 @@
 Two kinds of clip:
 
 * **Class clips** (``generate_demo_clips``) for the demo, the tests and the learning checks. A
-  class label drives *both* modalities: a ball bounces with a class-specific period and every
-  bounce makes a click with a class-specific pitch. Everything else is nuisance drawn per clip
-  (ball and background colours, ball size, horizontal drift, phase, noise level), so a model must
-  pick up rhythm, motion and pitch, not a constant colour, to tell the classes apart. Because sound
-  events line up with visual events, audio and video predict each other (the premise of
-  cross-modal self-supervision).
+  class label drives *both* modalities: a ball bounces with a class-specific period (and so a
+  class-specific hop height, ``bounce_amplitude``) and every bounce makes a click with a
+  class-specific pitch. Everything else is nuisance drawn per clip (ball and background colours,
+  ball size, horizontal drift, phase, noise level), so a model must pick up rhythm, motion and
+  pitch, not a constant colour, to tell the classes apart. Because sound events line up with
+  visual events, audio and video predict each other (the premise of cross-modal
+  self-supervision). The ball is always brighter than the background: with both contrast
+  polarities the tiny demo network could not find the ball even with labels (measured: 49% vs 99%
+  supervised video accuracy on 4 classes; tools/cmd_demo.py).
 * **Index clips** (``write_index_clip``) for exactness tests: frame k shows the number k as a
   block code that survives JPEG and rescaling (``read_frame_index``), and the audio is a known
   function of time (``reference_audio``), optionally starting late (``audio_delay``) to test
@@ -29,8 +32,9 @@ import numpy as np
 # --- class clips -------------------------------------------------------------------------
 
 # Per-class (bounce period in seconds, click pitch in Hz). Periods and pitches are spread so that
-# each class is separable from both modalities, but by rhythm and pitch only.
-CLASS_PERIODS = (0.45, 0.7, 1.0, 1.4, 0.55, 0.85, 1.2, 1.7)
+# each class is separable from both modalities, but by rhythm (and the hop height it sets) and
+# pitch only. The first four periods grow by ~1.6x per class, wider than the +-7% per-clip jitter.
+CLASS_PERIODS = (0.4, 0.65, 1.05, 1.7, 0.5, 0.8, 1.3, 2.1)
 CLASS_PITCHES = (2400.0, 600.0, 1500.0, 350.0, 950.0, 3300.0, 450.0, 1900.0)
 MAX_CLASSES = len(CLASS_PERIODS)
 
@@ -53,14 +57,16 @@ class ClipSpec:
 def draw_clip_spec(label: int, rng: np.random.Generator) -> ClipSpec:
     if not 0 <= label < MAX_CLASSES:
         raise ValueError(f"label must be in [0, {MAX_CLASSES}), got {label}")
-    background = rng.integers(0, 256, size=3)
-    ball = (background + rng.integers(90, 166, size=3)) % 256  # keep contrast against the background
+    # colours are random per clip, but the ball is always the brighter of the two: one contrast
+    # polarity, so that a tiny network can find the ball without first learning to ignore it
+    background = rng.integers(0, 100, size=3)
+    ball = rng.integers(155, 256, size=3)
     return ClipSpec(
         label=label,
         period=CLASS_PERIODS[label] * rng.uniform(0.93, 1.07),
         pitch=CLASS_PITCHES[label] * rng.uniform(0.93, 1.07),
         phase=rng.uniform(0.0, 1.0),
-        radius=int(rng.integers(8, 16)),
+        radius=int(rng.integers(18, 27)),
         drift=rng.uniform(-0.15, 0.15),
         ball_rgb=tuple(int(c) for c in ball),
         background_rgb=tuple(int(c) for c in background),
@@ -68,10 +74,23 @@ def draw_clip_spec(label: int, rng: np.random.Generator) -> ClipSpec:
     )
 
 
+# A bounce of period T rises to a height proportional to T (in units of the free height of the
+# frame), capped at 1: a quick rhythm is a low hop, a slow one a high arc, as a ball under one
+# gravity-like rule. This keeps the peak speed similar across classes (so a fast class does not
+# simply blur into the frame rate) and makes the rhythm visible as a shape of motion, not only as
+# a timing that a 0.5-1 s window may not span.
+HEIGHT_PER_SECOND = 1.0 / 2.0
+
+
+def bounce_amplitude(period: float) -> float:
+    """Peak height of a bounce of ``period`` seconds, as a fraction of the frame's free height."""
+    return float(min(1.0, period * HEIGHT_PER_SECOND))
+
+
 def _bounce_height(t: np.ndarray, spec: ClipSpec) -> np.ndarray:
     """Height above the floor in [0, 1]; 0 exactly at each bounce (a parabola per period)."""
     u = (t / spec.period + spec.phase) % 1.0
-    return 4.0 * u * (1.0 - u)
+    return bounce_amplitude(spec.period) * 4.0 * u * (1.0 - u)
 
 
 def _bounce_times(seconds: float, spec: ClipSpec) -> np.ndarray:
