@@ -180,6 +180,7 @@ def run_demo(
     summary_path = out / "summary.json"
     results["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     results["train"] = {k: summary.get(k) for k in ("status", "step", "run_dir", "metrics")}
+    results["train"]["objective_terms"] = list(config["objective"]["terms"])
     summary_path.write_text(json.dumps(results, indent=2))
     return write_report(out, results, Path(summary["run_dir"]), eval_dirs)
 
@@ -260,6 +261,10 @@ def write_report(out: Path, results: dict[str, Any], run_dir: Path, eval_dirs: d
           for k, v in results["retrieval"]["pretrained"].items()],
         "",
         "## Pretraining",
+        "",
+        f"Objective: the mean of the terms {results['train']['objective_terms']} (the demo preset; full "
+        "CrissCross is [intra, sync, async] — on these tiny clips the intra-modal term makes the tiny video "
+        "encoder learn per-clip colour and size, see docs/evaluate.md).",
         "",
         f"Status: {results['train']['status']}, {results['train']['step']} steps; last logged metrics:",
         "",
