@@ -52,6 +52,10 @@ def retrieval_grid(
                 continue
             lab = neighbour_labels[row][col]
             _show(ax, neighbour_images[row][col], MATCH if lab == q_lab else MISMATCH, f"{col + 1}: {lab}")
+    return _save(fig, out_path)
+
+
+def _save(fig, out_path: Path) -> Path:
     fig.tight_layout()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,9 +85,4 @@ def tsne_map(out_path: Path, features: np.ndarray, labels: list[str], *, title: 
     ax.set_title(title or f"t-SNE of {n} samples")
     ax.set_xticks([])
     ax.set_yticks([])
-    fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
-    return out_path
+    return _save(fig, out_path)
