@@ -69,4 +69,4 @@ def linear_fc(train: FeatureSet, test: FeatureSet, cfg: FCConfig, num_classes: i
         xt = (torch.from_numpy(test.clips).float() - mean) / std
         probs = layer(xt).softmax(dim=1).reshape(n, k, num_classes).mean(dim=1)
     predicted = probs.argmax(dim=1).numpy()
-    return FCResult(float(np.mean(predicted == test.labels)), cfg.epochs, float(loss))
+    return FCResult(float(np.mean(predicted == test.labels)), cfg.epochs, float(loss.detach()))
