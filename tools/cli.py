@@ -25,14 +25,8 @@ COMMAND_MODULES: dict[str, str] = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crisscross", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, module_name in COMMAND_MODULES.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:  # a stage not built yet: keep the rest usable
-            if exc.name != module_name:
-                raise
-            continue
-        module.register(sub)
+    for module_name in COMMAND_MODULES.values():
+        importlib.import_module(module_name).register(sub)
     return parser
 
 

@@ -19,12 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("bench", help="run a benchmark (JSON figures on the last line)")
     bench_sub = parser.add_subparsers(dest="bench", required=True)
     for name in BENCHMARKS:
-        try:
-            module = importlib.import_module(f"crisscross.tools.bench_{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"crisscross.tools.bench_{name}":
-                raise
-            continue
+        module = importlib.import_module(f"crisscross.tools.bench_{name}")
         p = bench_sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
         module.add_arguments(p)
         p.set_defaults(func=lambda args, m=module: _run(m, args))
