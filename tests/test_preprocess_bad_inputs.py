@@ -14,24 +14,15 @@ import pytest
 from crisscross.preprocess.build import build_shards
 from crisscross.shards.inspect import verify_dataset
 from crisscross.shards.reader import read_dataset
-from crisscross.tools.demo_data import write_index_clip
+from crisscross.tools.demo_data import write_av_file, write_index_clip
 
 GRID = "videos/grid_lipnet/bbaf2n.mpg"
 ESC = "esc10/audio/1-100032-A-0.flac"
 
 
 def _write_mjpeg(path: Path, width: int, height: int, frames: int = 20) -> None:
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("mjpeg", rate=16)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuvj420p"
-        for k in range(frames):
-            rgb = np.full((height, width, 3), 8 * k, np.uint8)
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuvj420p")
-            frame.pts = k
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+    pictures = (np.full((height, width, 3), 8 * k, np.uint8) for k in range(frames))
+    write_av_file(path, pictures, None, fps=16, sample_rate=16000, video_codec="mjpeg")
 
 
 def _make_inputs(shared: Path, d: Path) -> tuple[list[str], dict[str, str]]:

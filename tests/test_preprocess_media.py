@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from crisscross.preprocess.media import MediaConfig, decode_source, output_size
-from crisscross.tools.demo_data import read_frame_index, reference_audio, render_index_frame, write_index_clip
+from crisscross.tools.demo_data import (read_frame_index, reference_audio, render_index_frame, write_av_file,
+                                        write_index_clip)
 
 CFG = MediaConfig()
 
@@ -136,18 +137,9 @@ def test_rotation_metadata_is_applied(tmp_path):
     import imageio_ffmpeg
 
     plain = tmp_path / "plain.mp4"
-    with av.open(str(plain), "w") as out:
-        stream = out.add_stream("mjpeg", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuvj420p"
-        for k in range(5):
-            rgb = np.zeros((32, 64, 3), np.uint8)
-            rgb[:, :12] = 255  # a white band on the left
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuvj420p")
-            frame.pts = k
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+    band = np.zeros((32, 64, 3), np.uint8)
+    band[:, :12] = 255  # a white band on the left
+    write_av_file(plain, [band] * 5, None, fps=10, sample_rate=16000, video_codec="mjpeg")
     rotated = tmp_path / "rotated.mp4"
     subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-display_rotation", "90",
                     "-i", str(plain), "-c", "copy", str(rotated)], check=True)

@@ -117,6 +117,7 @@ def run_demo(
     """Run the demo end to end into ``out``; returns the path of ``report.md``."""
     from crisscross.evaluate.config import load_config
     from crisscross.evaluate.pipeline import run_linear, run_retrieval
+    from crisscross.evaluate.report import atomic_write_text
     from crisscross.preprocess.build import build_shards
     from crisscross.tools.demo_data import generate_demo_clips
     from crisscross.train.config import resolve_config
@@ -181,7 +182,7 @@ def run_demo(
     results["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     results["train"] = {k: summary.get(k) for k in ("status", "step", "run_dir", "metrics")}
     results["train"]["objective_terms"] = list(config["objective"]["terms"])
-    summary_path.write_text(json.dumps(results, indent=2))
+    atomic_write_text(summary_path, json.dumps(results, indent=2))
     return write_report(out, results, Path(summary["run_dir"]), eval_dirs)
 
 
@@ -222,6 +223,8 @@ def _retrieval_headline(results_json: Path) -> dict[str, float]:
 
 
 def write_report(out: Path, results: dict[str, Any], run_dir: Path, eval_dirs: dict[str, Path]) -> Path:
+    from crisscross.evaluate.report import atomic_write_text
+
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
 
@@ -291,7 +294,5 @@ def write_report(out: Path, results: dict[str, Any], run_dir: Path, eval_dirs: d
         "Every number here comes from `summary.json` and the `results.json` files under `eval/`.",
     ]
     report = out / "report.md"
-    tmp = report.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(report)
+    atomic_write_text(report, "\n".join(lines) + "\n")
     return report
