@@ -7,7 +7,6 @@ import os
 import shutil
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
