@@ -22,17 +22,26 @@ from typing import Any
 
 import torch
 
-# dense bf16 tensor-core peaks (no sparsity), TFLOP/s, from NVIDIA's data sheets
-GPU_PEAK_TFLOPS = {"H100 80GB HBM3": 989.4, "H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0}
+# Dense bf16 tensor-core peaks (no sparsity), TFLOP/s, from NVIDIA's data sheets, keyed by the
+# tokens of ``torch.cuda.get_device_name()`` that identify the part. The most specific entry whose
+# tokens all appear wins, so "NVIDIA H100 PCIe" gets the PCIe figure and not the SXM one ("H100"
+# alone is the SXM part: its name is "NVIDIA H100 80GB HBM3"). "GH200" is its own token.
+GPU_PEAK_TFLOPS: dict[tuple[str, ...], float] = {
+    ("H100",): 989.4, ("H100", "PCIE"): 756.5, ("H100", "NVL"): 835.5,
+    ("H200",): 989.4, ("H200", "NVL"): 835.5, ("GH200",): 989.4,
+    ("B200",): 2250.0, ("A100",): 312.0, ("A800",): 312.0, ("L40S",): 362.1, ("L4",): 121.0, ("A10",): 125.0,
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--preset", default=None, help="training preset (default: demo on cpu, kinetics_sound on cuda)")
     parser.add_argument("--shards", type=Path, default=None,
-                        help="dataset directory of shards (default: 32 generated demo clips built into a temp dir)")
+                        help="dataset directory of shards (default: generated demo clips built into a temp dir, "
+                             "at least 32 and at least one batch of them)")
     parser.add_argument("--batch", type=int, default=None,
-                        help="batch size (default: 128 on cuda, the paper's per-GPU batch; the preset's, at most 16, on cpu)")
+                        help="batch size (default: 128 on cuda, the paper's per-GPU batch; the preset's, at most 16, "
+                             "on cpu; with --shards, at most the number of samples there)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default 20 cpu / 50 cuda)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each run")
     parser.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default=None)
@@ -62,13 +71,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.loader_threads:
         overrides.append(f"data.num_threads={args.loader_threads}")
     config = resolve_config(preset, overrides)
-    # GPU: 128 = the paper's per-GPU batch on Kinetics-Sound (512 over 4 GPUs); CPU: the demo's 8
-    batch = args.batch or (128 if cuda else min(16, config["optim"]["batch_size"]))
+    available = _count_samples(args.shards) if args.shards else None
+    batch, demo_clips = plan_sizes(cuda=cuda, preset_batch=int(config["optim"]["batch_size"]),
+                                   requested=args.batch, available=available)
+    wanted = plan_sizes(cuda=cuda, preset_batch=int(config["optim"]["batch_size"]), requested=args.batch,
+                        available=None)[0]
+    if batch != wanted:
+        print(f"note: {args.shards} holds {available} samples: batch {wanted} -> {batch}", flush=True)
     config["optim"]["batch_size"] = batch
     steps = args.steps or (50 if cuda else 20)
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        config["data"]["shards"] = str(args.shards or _demo_shards(Path(tmp)))
+        config["data"]["shards"] = str(args.shards or _demo_shards(Path(tmp), demo_clips))
         bench = _Bench(config)
         ceiling = bench.time_synthetic(steps, args.warmup)
         end_to_end, data_wait = bench.time_loader(steps, args.warmup)
@@ -174,22 +188,64 @@ class _Bench:
         return steps * self.config["optim"]["batch_size"] / elapsed, waited / elapsed
 
 
-def _demo_shards(tmp: Path) -> Path:
+DEMO_CLASSES, MIN_DEMO_CLIPS = 4, 32
+
+
+def plan_sizes(*, cuda: bool, preset_batch: int, requested: int | None, available: int | None) -> tuple[int, int]:
+    """(batch size, demo clips to generate) for the benchmark's defaults.
+
+    Batch: ``requested``, else 128 on CUDA (the paper's per-GPU batch on Kinetics-Sound: 512 over
+    4 GPUs) or the preset's, at most 16, on the CPU; with user shards of ``available`` samples, at
+    most that (the loader needs one full batch per epoch). Demo clips (when no shards are given):
+    at least ``MIN_DEMO_CLIPS`` and at least one batch, in whole classes."""
+    batch = requested or (128 if cuda else min(16, preset_batch))
+    if available is not None:
+        if available < 1:
+            raise ValueError("the shards hold no samples")
+        batch = min(batch, available)
+    per_class = -(-max(MIN_DEMO_CLIPS, batch) // DEMO_CLASSES)
+    return batch, per_class * DEMO_CLASSES
+
+
+def _count_samples(shards: Path) -> int | None:
+    """Samples in a dataset directory (its manifest), or None when it has no manifest."""
+    from crisscross.shards.loader import find_shards
+
+    manifest = find_shards(shards).manifest
+    return len(manifest) or None
+
+
+def _demo_shards(tmp: Path, clips: int = MIN_DEMO_CLIPS) -> Path:
+    import os
+
     from crisscross.preprocess.build import build_shards
     from crisscross.tools.demo_data import generate_demo_clips
 
-    manifest = generate_demo_clips(tmp / "clips", num_classes=4, clips_per_class=8, seconds=4.0)
+    manifest = generate_demo_clips(tmp / "clips", num_classes=DEMO_CLASSES, clips_per_class=clips // DEMO_CLASSES,
+                                   seconds=4.0)
     out = tmp / "shards"
-    build_shards(manifest, out, name="demo", progress=False)
+    build_shards(manifest, out, name="demo", progress=False, workers=min(8, os.cpu_count() or 1))
     return out
+
+
+def gpu_peak_tflops(device_name: str) -> tuple[float, str] | None:
+    """(dense bf16 TFLOP/s, matched key) for a CUDA device name, or None when it is not listed.
+    Tokens are compared whole ("H100" does not match "GH200"); the entry with most tokens wins."""
+    import re
+
+    tokens = set(re.split(r"[^A-Z0-9]+", device_name.upper()))
+    matches = [key for key in GPU_PEAK_TFLOPS if tokens.issuperset(key)]
+    if not matches:
+        return None
+    best = max(matches, key=len)
+    return GPU_PEAK_TFLOPS[best], " ".join(best)
 
 
 def _peak_flops(device: torch.device) -> tuple[float, str]:
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, tflops in GPU_PEAK_TFLOPS.items():
-            if key in name:
-                return tflops * 1e12, f"spec sheet dense bf16 ({key})"
+        found = gpu_peak_tflops(torch.cuda.get_device_name(device))
+        if found is not None:
+            return found[0] * 1e12, f"spec sheet dense bf16 ({found[1]})"
         return _measured_matmul_flops(device, torch.bfloat16), "measured bf16 matmul"
     return _measured_matmul_flops(device, torch.float32), "measured fp32 matmul (torch.mm 1024^2)"
 

@@ -138,9 +138,27 @@ def build_loader(config: dict[str, Any], env: DistEnv, batch_per_rank: int):
 
 
 # ------------------------------------------------------------------------------------- model
+def uses_sync_bn(run_cfg: dict[str, Any], norm: str, *, distributed: bool, cuda: bool) -> bool:
+    """BatchNorm becomes SyncBatchNorm only under DDP on GPUs (PyTorch has no CPU SyncBatchNorm)."""
+    return distributed and cuda and bool(run_cfg["sync_bn"]) and norm == "batch"
+
+
+def check_compile(run_cfg: dict[str, Any], norm: str, *, distributed: bool, cuda: bool) -> None:
+    """Refuse ``run.compile`` with DDP + SyncBatchNorm: torch.compile fails on that combination
+    (pytorch/pytorch#107372, #100239: SyncBatchNorm's collectives inside the compiled graph), and
+    it fails only once the job is up on its GPUs. Say so before anything is built."""
+    if run_cfg["compile"] and uses_sync_bn(run_cfg, norm, distributed=distributed, cuda=cuda):
+        raise ValueError(
+            "run.compile=true with DDP + SyncBatchNorm is a known PyTorch failure (pytorch/pytorch#107372); "
+            "choose one: run.compile=false (keeps SyncBatchNorm, the paper's setup), or run.sync_bn=false "
+            "(per-GPU BatchNorm statistics, then compiling works)")
+
+
 def build_model(config: dict[str, Any], objective: ObjectiveConfig, env: DistEnv) -> tuple[nn.Module, nn.Module]:
     """(model to call, raw model to save). Unused modalities are frozen so DDP ignores them."""
     model_cfg = ModelConfig.from_dict(config["model"])
+    cuda = env.device.type == "cuda"
+    check_compile(config["run"], model_cfg.norm, distributed=env.distributed, cuda=cuda)
     torch.manual_seed(int(config["run"]["seed"]))  # identical initial weights on every rank
     raw = CrissCrossModel(model_cfg)
     for modality in ("video", "audio"):
@@ -149,7 +167,7 @@ def build_model(config: dict[str, Any], objective: ObjectiveConfig, env: DistEnv
     raw.to(env.device)
     if config["run"]["channels_last"]:
         raw.video.to(memory_format=torch.channels_last_3d)
-    if env.distributed and env.device.type == "cuda" and config["run"]["sync_bn"] and model_cfg.norm == "batch":
+    if uses_sync_bn(config["run"], model_cfg.norm, distributed=env.distributed, cuda=cuda):
         raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)  # GPU-only in PyTorch
     model: nn.Module = raw
     if env.distributed:
