@@ -16,8 +16,6 @@ CrissCross main paper: Table 4 (linear evaluation, columns = pretraining dataset
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
@@ -57,15 +55,10 @@ class ResultRow:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write to a temp file in the same folder, then rename: a reader never sees half a file."""
+    from crisscross.shards.atomic import atomic_write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text)
 
 
 def write_results(out_dir: Path, rows: list[ResultRow], *, timing: dict[str, float], run: dict[str, Any]) -> Path:

@@ -16,7 +16,6 @@ Flow (every step deterministic given the inputs and the build parameters):
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections import Counter
@@ -29,6 +28,7 @@ from crisscross.preprocess import media, samples
 from crisscross.preprocess.plan import (PLAN_FILE, REQUIRE_CHOICES, BuildConfig, SampleSpec,  # noqa: F401 (re-exported)
                                         load_or_make_plan, specs_of_shard, write_json_atomic)
 from crisscross.shards import format as fmt
+from crisscross.shards.atomic import atomic_open, temp_prefix
 from crisscross.shards.writer import ShardWriter, idx_path_for, sample_digest
 
 PARTS_DIR = "_parts"
@@ -73,8 +73,9 @@ def shard_is_complete(out_dir: Path, cfg: BuildConfig, shard: int) -> bool:
 def _remove_leftovers(out_dir: Path, tar_path: Path, shard: int) -> None:
     """A killed run may have left this shard half-written; only this shard's task writes these."""
     idx = idx_path_for(tar_path)
-    stale = [tar_path, idx, *out_dir.glob(f".{tar_path.name}.tmp-*"), *out_dir.glob(f".{idx.name}.tmp-*"),
-             *(out_dir / PARTS_DIR).glob(f".{shard:06d}.json.tmp-*")]
+    part = part_path(out_dir, shard)
+    stale = [tar_path, idx, *out_dir.glob(temp_prefix(tar_path) + "*"), *out_dir.glob(temp_prefix(idx) + "*"),
+             *part.parent.glob(temp_prefix(part) + "*")]
     for path in stale:
         path.unlink(missing_ok=True)
 
@@ -214,9 +215,8 @@ def _write_parquet(path: Path, rows: list[dict], schema) -> None:
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pylist(rows, schema=schema)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path) as handle:
+        pq.write_table(table, handle)
 
 # ---------------------------------------------------------------- entry point
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import numpy as np
 from crisscross.preprocess import media
 from crisscross.preprocess.sources import SourceItem, load_sources
 from crisscross.shards import format as fmt
+from crisscross.shards.atomic import atomic_write
 
 PLAN_FILE = "_plan.json"
 REQUIRE_CHOICES = ("any", "av", "video", "audio")
@@ -162,9 +162,8 @@ def specs_of_shard(plan: dict, shard: int) -> list[SampleSpec]:
 
 
 def write_json_atomic(path: Path, obj, indent: int | None = 1) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    # allow_nan=False: a NaN/inf that slipped through validation fails here, never lands in a file
+    atomic_write(path, json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def load_or_make_plan(input_path: str | Path, out_dir: Path, cfg: BuildConfig) -> dict:

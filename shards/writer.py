@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from crisscross.shards.atomic import AtomicFile, atomic_write
 
 _BLOCK = tarfile.BLOCKSIZE
 IDX_VERSION = "v1.2"
@@ -37,11 +38,6 @@ def idx_path_for(tar_path: Path) -> Path:
     return tar_path.with_suffix(".idx")
 
 
-def temp_path_for(path: Path) -> Path:
-    """A same-folder temporary name (dot-prefixed so no glob for ``*.tar`` picks it up)."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
 @dataclass
 class _Member:
     ext: str
@@ -59,8 +55,8 @@ class ShardWriter:
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
-        self._tmp = temp_path_for(self.path)
-        self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
+        self._out = AtomicFile(self.path)  # exclusive, uniquely named temporary (shards/atomic.py)
+        self._tar = tarfile.open(fileobj=self._out.file, mode="w", format=tarfile.USTAR_FORMAT)
 
     def add(self, key: str, components: dict[str, bytes]) -> int:
         """Append one sample; ``components`` maps extension (e.g. ``video.mp4``) to bytes, in order."""
@@ -96,19 +92,13 @@ class ShardWriter:
         if not self._members:
             self.abort()
             raise ValueError("refusing to write an empty shard (DALI cannot index an empty tar)")
-        self._tar.close()
-        idx = idx_path_for(self.path)
-        idx_tmp = temp_path_for(idx)
-        idx_tmp.write_text(self.index_text())
-        for tmp in (self._tmp, idx_tmp):
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-        os.replace(idx_tmp, idx)
-        os.replace(self._tmp, self.path)
+        self._tar.close()  # with fileobj= this writes the end blocks but leaves the file open
+        atomic_write(idx_path_for(self.path), self.index_text())  # index first: a final .tar always has one
+        self._out.commit()
         return self.path.stat().st_size
 
     def abort(self) -> None:
         try:
             self._tar.close()
         finally:
-            self._tmp.unlink(missing_ok=True)
+            self._out.abort()

@@ -29,6 +29,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from crisscross.shards.atomic import atomic_path
+
 # --- class clips -------------------------------------------------------------------------
 
 # Per-class (bounce period in seconds, click pitch in Hz). Periods and pitches are spread so that
@@ -260,9 +262,8 @@ def write_av_file(
     """
     codec_name, pix_fmt = _VIDEO_CODECS[video_codec]
     suffix = path.suffix.lower()
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
     rate = Fraction(fps).limit_denominator(1001)
-    with av.open(str(tmp), mode="w") as container:
+    with atomic_path(path, fsync=False) as tmp, av.open(str(tmp), mode="w") as container:
         frames = iter(frames)
         first = next(frames)
         vstream = container.add_stream(codec_name, rate=rate)
@@ -288,7 +289,6 @@ def write_av_file(
             container.mux(packet)
         if astream is not None:
             _encode_audio(container, astream, audio, sample_rate, audio_delay)
-    tmp.replace(path)
 
 
 def _chain(first, rest):

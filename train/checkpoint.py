@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from crisscross.shards.atomic import atomic_open
+
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^step-(\d{9})\.pt$")
 
@@ -49,12 +51,8 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep:
     evaluating the encoders along the run)."""
     path = checkpoint_path(run_dir, step)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_open(path) as handle:  # flushed and fsynced before the rename
         torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
     _fsync_dir(path.parent)
     if keep is not None and keep > 0:
         for old_step, old in list_checkpoints(run_dir)[:-keep]:

@@ -108,8 +108,16 @@ def _deep_update(target: dict[str, Any], updates: dict[str, Any], where: str) ->
             target[key] = value
 
 
+# Keys whose default is null: the type a non-null value must have (else ``run.max_steps=abc``
+# would pass validation and fail deep inside training).
+NULLABLE_TYPES: dict[str, type] = {"run.epoch_size": int, "run.max_steps": int, "run.num_threads": int,
+                                   "run.keep_every": int}
+
+
 def _coerce(value: Any, default: Any, key: str) -> Any:
     """Match the default's type where it is unambiguous (YAML reads ``1e-4`` as a string)."""
+    if default is None and value is not None and key in NULLABLE_TYPES:
+        default = NULLABLE_TYPES[key]()
     if default is None or value is None:
         return value
     if isinstance(default, bool):
@@ -124,7 +132,7 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
     if isinstance(default, int):
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        if not isinstance(value, int):
+        if not isinstance(value, int) or isinstance(value, bool):
             raise ValueError(f"{key}: expected an integer, got {value!r}")
     return value
 
@@ -191,6 +199,6 @@ def validate(config: dict[str, Any]) -> None:
 
 def save_config(config: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(config, sort_keys=False))
-    tmp.replace(path)
+    from crisscross.shards.atomic import atomic_write
+
+    atomic_write(path, yaml.safe_dump(config, sort_keys=False))

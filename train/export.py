@@ -8,14 +8,14 @@ format version). ``load_backbones`` accepts such a directory or a trainer checkp
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
+from crisscross.shards.atomic import atomic_write
 from crisscross.train.checkpoint import load_checkpoint
 from crisscross.train.models import ModelConfig, build_audio_encoder, build_video_encoder
 
@@ -24,9 +24,7 @@ EXPORT_FORMAT = 1
 
 def _save_safetensors(module: nn.Module, path: Path) -> None:
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": str(EXPORT_FORMAT)})
-    os.replace(tmp, path)
+    atomic_write(path, save(tensors, metadata={"format": str(EXPORT_FORMAT)}))
 
 
 def save_backbones(out_dir: str | Path, video_encoder: nn.Module, audio_encoder: nn.Module,
@@ -37,9 +35,7 @@ def save_backbones(out_dir: str | Path, video_encoder: nn.Module, audio_encoder:
     _save_safetensors(audio_encoder, out / "audio.safetensors")
     meta = {"format": EXPORT_FORMAT, "model": ModelConfig.from_dict(model_cfg).to_dict(),
             "video_out_dim": int(video_encoder.out_dim), "audio_out_dim": int(audio_encoder.out_dim)}
-    tmp = out / "backbones.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, out / "backbones.json")  # written last: its presence marks a complete export
+    atomic_write(out / "backbones.json", json.dumps(meta, indent=2))  # written last: its presence marks a complete export
     return out
 
 
