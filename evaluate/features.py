@@ -4,9 +4,17 @@ Pooling of the last conv block (CrissCross supplement, appendix E.1):
 
 * linear evaluation: video max-pool kernel (1,4,4) (stride = kernel); audio max-pool kernel (1,3)
   stride (1,2), over the audio map's (frequency, time) axes;
-* fusion: video max-pool (1,2,2), audio max-pool (1,4);
+* fusion: video max-pool (1,2,2), audio max-pool (1,4) (stride = kernel);
 * ``global``: mean over all non-channel axes, i.e. the encoder's own average pooling ("pool5",
   what retrieval uses; SpeedAug A.5).
+
+Every max-pool runs with ``ceil_mode=True``: the paper's kernel and stride, plus a last, partial
+window wherever the map does not end on a window boundary. Without it a (1,4,4) window over the
+7x7 map of a 224 px input keeps only the top-left 4x4 (rows and columns 4-6 never reach the
+feature), fusion's (1,4) over a 2 s audio map (3x7) drops time columns 4-6, and (1,3)/(1,2) over
+a 5 s audio map (3x16) drops the last column. The feature sizes per input are in
+docs/evaluate.md ("Feature sizes"); tests/test_eval_pooling.py checks them and that a peak at any
+map position reaches the feature.
 
 A kernel larger than the map (tiny CPU models, short inputs) is clamped to the map's size on that
 axis, so a tiny model still pools the way the paper does where the map allows it.
@@ -37,7 +45,11 @@ def _clamped(kernel: tuple[int, ...], stride: tuple[int, ...], sizes: tuple[int,
 
 
 def max_pool(kernel: tuple[int, ...], stride: tuple[int, ...] | None = None) -> Pool:
-    """Max-pool a [B, C, *spatial] map with ``kernel``/``stride`` (clamped to the map), then flatten."""
+    """Max-pool a [B, C, *spatial] map with ``kernel``/``stride`` (clamped to the map), then flatten.
+
+    ``ceil_mode`` adds a partial last window where the windows stop short of the map's end, so
+    every map position reaches the feature (a window never starts past the map, so none is empty).
+    """
     stride = stride or kernel
 
     def pool(fmap: torch.Tensor) -> torch.Tensor:
@@ -45,7 +57,7 @@ def max_pool(kernel: tuple[int, ...], stride: tuple[int, ...] | None = None) -> 
         if len(spatial) != len(kernel):
             raise ValueError(f"pool kernel {kernel} does not fit a map of shape {tuple(fmap.shape)}")
         k, s = _clamped(kernel, stride, spatial)
-        pooled = (F.max_pool3d if len(k) == 3 else F.max_pool2d)(fmap, kernel_size=k, stride=s)
+        pooled = (F.max_pool3d if len(k) == 3 else F.max_pool2d)(fmap, kernel_size=k, stride=s, ceil_mode=True)
         return pooled.flatten(1)
 
     return pool

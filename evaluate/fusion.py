@@ -1,6 +1,8 @@
 """Multimodal late fusion (appendix E.1): per clip, the video map max-pooled (1,2,2) and the audio
-map max-pooled (1,4) are concatenated, and a linear SVM is trained on the joint vectors exactly as
-in the uni-modal linear evaluation (cost by grouped CV on the training split)."""
+map max-pooled (1,4) (stride = kernel, ceil mode: every map position reaches the feature; 8x112^2
+video 2048-d + 2 s audio 3072-d, see docs/evaluate.md) are concatenated, and a linear SVM is
+trained on the joint vectors exactly as in the uni-modal linear evaluation (cost by grouped CV on
+the training split)."""
 
 from __future__ import annotations
 
