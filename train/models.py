@@ -11,7 +11,16 @@
   (Table S8); a separate projector and predictor per modality.
 
 ``ModelConfig`` has a width/depth knob so that tests and the demo run a tiny version of the same
-code on a CPU, and a ``norm`` knob: ``batch`` (the paper; SyncBatchNorm under DDP on GPUs),
+code on a CPU, architecture knobs that express the encoders of other released checkpoints (so
+that ``crisscross weights import`` can load them; docs/weights.md):
+
+* ``video_arch="tv_r2plus1d"``: the torchvision / VMZ R(2+1)D-18 that GDT uses: a factorised stem
+  (1x7x7 conv to 45 channels, 3x1x1 conv), no stem max-pool, mid-plane widening in every (2+1)D
+  conv, norm on each branch before the sum and a normed 1x1x1 projection on the residual;
+* ``audio_arch="avid_conv2d"``: AVID-CMA's 10-layer plain (no residual) 2-d conv net;
+* ``audio_pool``: ``max`` for AVID-CMA's audio net (``avg`` = Table S6).
+
+and a ``norm`` knob: ``batch`` (the paper; SyncBatchNorm under DDP on GPUs),
 ``group`` (per-sample statistics, so results do not depend on how a batch is split over ranks,
 which makes 1-process vs N-process parity exact on CPUs) or ``none``.
 """
@@ -29,6 +38,10 @@ from torchvision.models.resnet import BasicBlock, ResNet
 
 NORMS = ("batch", "group", "none")
 POOLS = ("avg", "max")
+# "crisscross": Table S5 (also AVID-CMA's R2Plus1D); "tv_r2plus1d": torchvision/VMZ R(2+1)D (GDT)
+VIDEO_ARCHS = ("crisscross", "tv_r2plus1d")
+# "resnet": Table S6 (also GDT's ResNet-9 with audio_blocks [1,1,1,1]); "avid_conv2d": AVID-CMA
+AUDIO_ARCHS = ("resnet", "avid_conv2d")
 
 
 @dataclass
@@ -46,12 +59,18 @@ class ModelConfig:
     pred_hidden: int = 512
     # Table 3 "comm. pred.": one predictor for both modalities, fed l2-normalized projections
     shared_predictor: bool = False
+    # encoders of other releases (weights import); the defaults are the paper's
+    video_arch: str = "crisscross"       # crisscross (Table S5) | tv_r2plus1d (GDT)
+    audio_arch: str = "resnet"           # resnet (Table S6) | avid_conv2d (AVID-CMA)
+    audio_pool: str = "avg"              # avg (Table S6) | max (AVID-CMA's audio net)
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
             raise ValueError(f"model.norm must be one of {NORMS}, got {self.norm!r}")
-        if self.video_pool not in POOLS:
-            raise ValueError(f"model.video_pool must be one of {POOLS}, got {self.video_pool!r}")
+        for name, allowed in (("video_pool", POOLS), ("audio_pool", POOLS), ("video_arch", VIDEO_ARCHS),
+                              ("audio_arch", AUDIO_ARCHS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"model.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("video_blocks", "audio_blocks"):
             blocks = list(getattr(self, name))
             if len(blocks) != 4 or any(int(b) < 1 for b in blocks):
@@ -156,6 +175,79 @@ class VideoR2Plus1D(nn.Module):
         return self.pool(self.forward_features(x)).flatten(1)
 
 
+# torchvision / VMZ R(2+1)D (GDT's video encoder). Written from Tran et al. 2018 and the published
+# layer list of torchvision.models.video.r2plus1d_18; module names follow that layout (conv1/conv2
+# of a block are [conv(2+1)d, norm(, relu)], the (2+1)d conv is [spatial, norm, relu, temporal])
+# so that a torchvision-style state dict maps onto it by renaming stem/layerN/downsample only.
+def midplanes(in_ch: int, out_ch: int) -> int:
+    """Tran et al.'s mid-plane count: a (2+1)D conv gets the parameters of a full 3x3x3 conv."""
+    return (in_ch * out_ch * 27) // (in_ch * 9 + 3 * out_ch)
+
+
+def _conv2plus1d(in_ch: int, out_ch: int, mid: int, stride: int, norm: Callable[[int], nn.Module]) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv3d(in_ch, mid, (1, 3, 3), (1, stride, stride), (0, 1, 1), bias=False),
+        norm(mid),
+        nn.ReLU(inplace=True),
+        nn.Conv3d(mid, out_ch, (3, 1, 1), (stride, 1, 1), (1, 0, 0), bias=False),
+    )
+
+
+class TVR2Plus1DBlock(nn.Module):
+    """torchvision-style (2+1)D block: widened mid planes, norm on each branch before the sum."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, norm: Callable[[int], nn.Module]) -> None:
+        super().__init__()
+        mid = midplanes(in_ch, out_ch)
+        self.conv1 = nn.Sequential(_conv2plus1d(in_ch, out_ch, mid, stride, norm), norm(out_ch), nn.ReLU(inplace=True))
+        # the second conv keeps the mid-plane count computed from the block's input (as VMZ does)
+        self.conv2 = nn.Sequential(_conv2plus1d(out_ch, out_ch, mid, 1, norm), norm(out_ch))
+        self.relu = nn.ReLU(inplace=True)
+        self.residual = (
+            nn.Sequential(nn.Conv3d(in_ch, out_ch, 1, stride, bias=False), norm(out_ch))
+            if stride != 1 or in_ch != out_ch else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.conv2(self.conv1(x)) + self.residual(x))
+
+
+class VideoTVR2Plus1D(nn.Module):
+    """``video_arch="tv_r2plus1d"``. Input [B, 3, T, H, W]; 8x112^2 -> features [B, 8w, 1, 7, 7]."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        w, norm = cfg.width, norm_factory(cfg.norm, 3)
+        stem_mid = max(1, 45 * w // 64)  # torchvision hard-codes 45 for w = 64
+        self.stem = nn.Sequential(
+            nn.Conv3d(3, stem_mid, (1, 7, 7), (1, 2, 2), (0, 3, 3), bias=False),
+            norm(stem_mid),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(stem_mid, w, (3, 1, 1), 1, (1, 0, 0), bias=False),
+            norm(w),
+            nn.ReLU(inplace=True),
+        )
+        stages, in_ch = [], w
+        for index, blocks in enumerate(cfg.video_blocks):
+            out_ch = w * 2**index
+            layers = [TVR2Plus1DBlock(in_ch, out_ch, 1 if index == 0 else 2, norm)]
+            layers += [TVR2Plus1DBlock(out_ch, out_ch, 1, norm) for _ in range(blocks - 1)]
+            stages.append(nn.Sequential(*layers))
+            in_ch = out_ch
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool3d(1) if cfg.video_pool == "avg" else nn.AdaptiveMaxPool3d(1)
+        self.out_dim = in_ch
+        for module in self.modules():
+            if isinstance(module, nn.Conv3d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.forward_features(x)).flatten(1)
+
+
 # --------------------------------------------------------------------------------------- audio
 class AudioResNet(ResNet):
     """torchvision's ResNet (BasicBlock) with a 1-channel stem, a width knob and no classifier.
@@ -175,6 +267,8 @@ class AudioResNet(ResNet):
             nn.init.ones_(self.bn1.weight)
             nn.init.zeros_(self.bn1.bias)
         self.fc = nn.Identity()
+        if cfg.audio_pool == "max":  # torchvision's attribute name kept; only the pooling differs
+            self.avgpool = nn.AdaptiveMaxPool2d(1)
         self.out_dim = 8 * w
 
     def _make_layer(self, block, planes, blocks, stride=1, dilate=False):  # type: ignore[override]
@@ -190,12 +284,46 @@ class AudioResNet(ResNet):
         return self.avgpool(self.forward_features(x)).flatten(1)
 
 
-def build_video_encoder(cfg: ModelConfig | dict[str, Any]) -> VideoR2Plus1D:
-    return VideoR2Plus1D(ModelConfig.from_dict(cfg))
+class AudioAVIDConv2D(nn.Module):
+    """``audio_arch="avid_conv2d"``: AVID-CMA's audio net (its ``Conv2D``, depth 10), written from
+    the paper's description and the published layer list: a 7x7/2 conv stem (no max-pool), then
+    four *plain* blocks of two 3x3 conv-norm-relu (no residual) with w, w, 2w, 4w, 8w channels and
+    strides 2, 2, 2, 1. ``audio_blocks`` does not apply (the net has one block per stage)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        w, norm = cfg.width, norm_factory(cfg.norm, 2)
+        self.stem = nn.Sequential(nn.Conv2d(1, w, 7, 2, 3, bias=False), norm(w), nn.ReLU(inplace=True))
+        plan = [(w, w, 2), (w, 2 * w, 2), (2 * w, 4 * w, 2), (4 * w, 8 * w, 1)]
+        self.stages = nn.Sequential(*[self._plain_block(i, o, s, norm) for i, o, s in plan])
+        self.pool = nn.AdaptiveAvgPool2d(1) if cfg.audio_pool == "avg" else nn.AdaptiveMaxPool2d(1)
+        self.out_dim = 8 * w
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    @staticmethod
+    def _plain_block(in_ch: int, out_ch: int, stride: int, norm: Callable[[int], nn.Module]) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False), norm(out_ch), nn.ReLU(inplace=True),
+            nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False), norm(out_ch), nn.ReLU(inplace=True),
+        )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.forward_features(x)).flatten(1)
 
 
-def build_audio_encoder(cfg: ModelConfig | dict[str, Any]) -> AudioResNet:
-    return AudioResNet(ModelConfig.from_dict(cfg))
+def build_video_encoder(cfg: ModelConfig | dict[str, Any]) -> nn.Module:
+    cfg = ModelConfig.from_dict(cfg)
+    return VideoTVR2Plus1D(cfg) if cfg.video_arch == "tv_r2plus1d" else VideoR2Plus1D(cfg)
+
+
+def build_audio_encoder(cfg: ModelConfig | dict[str, Any]) -> nn.Module:
+    cfg = ModelConfig.from_dict(cfg)
+    return AudioAVIDConv2D(cfg) if cfg.audio_arch == "avid_conv2d" else AudioResNet(cfg)
 
 
 # --------------------------------------------------------------------------------------- heads
