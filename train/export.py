@@ -28,13 +28,19 @@ def _save_safetensors(module: nn.Module, path: Path) -> None:
 
 
 def save_backbones(out_dir: str | Path, video_encoder: nn.Module, audio_encoder: nn.Module,
-                   model_cfg: ModelConfig | dict[str, Any]) -> Path:
+                   model_cfg: ModelConfig | dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+    """``extra``: further backbones.json fields (weights import: ``source`` and the release's
+    ``frontend``, docs/weights.md); they may not replace the fields written here."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _save_safetensors(video_encoder, out / "video.safetensors")
     _save_safetensors(audio_encoder, out / "audio.safetensors")
     meta = {"format": EXPORT_FORMAT, "model": ModelConfig.from_dict(model_cfg).to_dict(),
             "video_out_dim": int(video_encoder.out_dim), "audio_out_dim": int(audio_encoder.out_dim)}
+    clash = sorted(set(extra or {}) & set(meta))
+    if clash:
+        raise ValueError(f"save_backbones: extra fields {clash} would replace the export's own fields")
+    meta.update(extra or {})
     atomic_write(out / "backbones.json", json.dumps(meta, indent=2))  # written last: its presence marks a complete export
     return out
 
