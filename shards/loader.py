@@ -23,9 +23,11 @@ import numpy as np
 import torch
 from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 
+from crisscross.errors import UserError
 from crisscross.shards.augment import AudioAugment, AugmentConfig, LogMel, RecordedDraws, VideoAugment
 from crisscross.shards.mjpeg_frames import FrameTables, Mp4Error, jpeg_frames
 from crisscross.shards.pipelines import (
+    AUDIO_EXTS,
     PLAN_DATA,
     PLAN_META,
     READER_NAME,
@@ -42,8 +44,9 @@ from crisscross.shards.views import FALLBACK_PADDED, FALLBACK_SHRUNK, RELAXATION
 STATE_VERSION = 1
 
 
-class ShardError(RuntimeError):
-    """A shard cannot be read (missing, truncated, corrupt); the message names it."""
+class ShardError(UserError, RuntimeError):
+    """A shard cannot be read (missing, truncated, corrupt); the message names it. A UserError:
+    the command line reports it in one line (exit code 2)."""
 
 
 @dataclass(frozen=True)
@@ -134,9 +137,13 @@ class ShardSet:
         if float(built_fps) != float(fps) or int(built_rate) != int(sample_rate):
             raise ValueError(f"shards were built at {built_fps} fps / {built_rate} Hz but the loader is set to "
                              f"{fps} fps / {sample_rate} Hz: set data.fps / data.sample_rate to match")
-        if self.build.get("audio_format", "pcm") != "pcm":
-            raise ValueError(f"the loader reads PCM audio; these shards hold {self.build['audio_format']!r} "
-                             "(rebuild with --audio-format pcm)")
+        if self.audio_format not in AUDIO_EXTS:
+            raise ValueError(f"the loader reads audio as {sorted(AUDIO_EXTS)}; these shards hold {self.audio_format!r}")
+
+    @property
+    def audio_format(self) -> str:
+        """pcm or flac (``--audio-format`` of the build); the DALI graphs read either."""
+        return str(self.build.get("audio_format", "pcm"))
 
 
 def _check_shard(tar: Path, idx: Path | None) -> None:
@@ -239,6 +246,7 @@ class TrainLoader:
             shuffle=config.shuffle,
             shuffle_buffer=config.shuffle_buffer,
             missing_components=config.missing_components,
+            audio_format=self.shards.audio_format,
         )
         self.spec = config.graph_spec()
         self._draws = RecordedDraws()
@@ -395,7 +403,7 @@ class EvalLoader:
         self.device = torch.device(device)
         dali_device = "gpu" if self.device.type == "cuda" else "cpu"
         device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if dali_device == "gpu" else None
-        reader = ReaderSpec(paths=shards.tars, index_paths=shards.indexes, shuffle=False)
+        reader = ReaderSpec(paths=shards.tars, index_paths=shards.indexes, shuffle=False, audio_format=shards.audio_format)
 
         def graph():
             return eval_graph(spec, reader, dali_device)

@@ -51,6 +51,7 @@ from crisscross.shards.views import (
 )
 
 READER_NAME = "reader"
+AUDIO_EXTS = {"pcm": shard_format.AUDIO_PCM_EXT, "flac": shard_format.AUDIO_FLAC_EXT}
 KEY_BYTES = 256  # source_info ("shard.tar:offset:key.video.mp4") is padded to the batch max
 
 
@@ -66,6 +67,13 @@ class ReaderSpec:
     shuffle_buffer: int = 256
     # "error": a sample lacking a component stops with an error; "skip": such samples are dropped.
     missing_components: str = "skip"
+    audio_format: str = "pcm"  # dataset.json build.audio_format: which audio member to read (pcm | flac)
+
+    @property
+    def audio_ext(self) -> str:
+        if self.audio_format not in AUDIO_EXTS:
+            raise ValueError(f"audio_format must be one of {sorted(AUDIO_EXTS)}, not {self.audio_format!r}")
+        return AUDIO_EXTS[self.audio_format]
 
 
 @dataclass(frozen=True)
@@ -143,7 +151,12 @@ def _to_float(pcm_window: DataNode, device: str) -> DataNode:
     return fn.cast(pcm_window, dtype=types.FLOAT) * (1.0 / 32768.0)
 
 
-def _pcm(audio_bytes: DataNode) -> DataNode:
+def _pcm(audio_bytes: DataNode, audio_format: str) -> DataNode:
+    """The sample's whole int16 mono track: raw PCM is reinterpreted in place; FLAC is decoded by
+    DALI's audio decoder (CPU; libsndfile), which reads the whole clip before the window is cut."""
+    if audio_format == "flac":
+        decoded, _rate = fn.decoders.audio(audio_bytes, dtype=types.INT16, downmix=True)
+        return decoded
     return fn.reinterpret(audio_bytes, dtype=types.INT16)
 
 
@@ -178,7 +191,7 @@ def plan_graph(spec: TrainGraphSpec, reader: ReaderSpec, draw_specs: list[DrawSp
     """Training stage 1 (checkpointable: reader + every random draw): read a sample, draw t1/t2,
     turn them into frame indices and PCM windows, draw the augmentation parameters.
     Outputs: PLAN_DATA, then PLAN_META, then one output per draw spec."""
-    video, audio, index = _reader(reader, [shard_format.VIDEO_EXT, shard_format.AUDIO_PCM_EXT, shard_format.INDEX_EXT])
+    video, audio, index = _reader(reader, [shard_format.VIDEO_EXT, reader.audio_ext, shard_format.INDEX_EXT])
     span = clip_span(parse_index(index))
     geo = spec.geometry
     starts = sample_view_starts(span, geo, spec.relaxation, extreme_gap=spec.extreme_gap,
@@ -187,7 +200,7 @@ def plan_graph(spec: TrainGraphSpec, reader: ReaderSpec, draw_specs: list[DrawSp
         _frame_list(span, start_frame(span, starts.video1), geo),
         _frame_list(span, start_frame(span, starts.video2), geo),
     )
-    pcm = _pcm(audio)
+    pcm = _pcm(audio, reader.audio_format)
     waves = [_audio_window(pcm, start_sample(span, t), geo.audio_samples) for t in (starts.audio1, starts.audio2)]
     times = fn.stack(starts.video1, starts.audio1, starts.video2, starts.audio2)
     draws = [make_random(s) for s in draw_specs]
@@ -222,7 +235,7 @@ def eval_graph(spec: EvalGraphSpec, reader: ReaderSpec, device: str) -> tuple[Da
     """Outputs (each optional by modality): video [K,3,T,crop,crop], audio [K,1,80,F]; then key bytes."""
     if not (spec.video or spec.audio):
         raise ValueError("eval graph needs at least one modality")
-    exts = ([shard_format.VIDEO_EXT] if spec.video else []) + ([shard_format.AUDIO_PCM_EXT] if spec.audio else [])
+    exts = ([shard_format.VIDEO_EXT] if spec.video else []) + ([reader.audio_ext] if spec.audio else [])
     components = _reader(reader, exts + [shard_format.INDEX_EXT])
     index = components[-1]
     span = clip_span(parse_index(index))
@@ -237,7 +250,7 @@ def eval_graph(spec: EvalGraphSpec, reader: ReaderSpec, device: str) -> tuple[Da
         clips = [augment_video(decoded[k * geo.frames : (k + 1) * geo.frames], spec.video_aug, spec.crop, draws) for k in range(spec.clips)]
         outputs.append(fn.stack(*clips))
     if spec.audio:
-        pcm = _pcm(components[1 if spec.video else 0])
+        pcm = _pcm(components[1 if spec.video else 0], reader.audio_format)
         clips = [
             augment_audio(_to_float(_audio_window(pcm, start_sample(span, starts[k]), geo.audio_samples), device), spec.audio_aug, spec.mel, geo.audio_samples, draws)
             for k in range(spec.clips)
