@@ -39,7 +39,7 @@ from crisscross.shards.pipelines import (
     plan_graph,
     work_graph,
 )
-from crisscross.shards.views import FALLBACK_PADDED, FALLBACK_SHRUNK, RELAXATION_MODES, ViewGeometry
+from crisscross.shards.views import FALLBACK_PADDED, FALLBACK_SHRUNK, RELAXATION_MODES, VIEW_ALIGNMENTS, ViewGeometry
 
 STATE_VERSION = 1
 
@@ -56,8 +56,9 @@ class LoaderConfig:
     shards: str = ""  # dataset directory (holds {name}-000000.tar [+ .idx], manifest.parquet)
     relaxation: str = "mild"  # none|mild|medium|extreme|extreme_official|mixed
     extreme_gap: float = 3.0  # seconds between views in extreme_official
-    video_jitter: bool = False  # official code: video start drawn inside the audio window
-    sync_views: bool = False  # mild/medium: view 2's audio starts with its video (official: offset per modality)
+    # paper: both modalities of a view start together (section 3.2); official: the official code's
+    # per-modality view-2 offsets with its within-view video jitter (shards/views.py)
+    view_alignment: str = "paper"
     frames: int = 8
     frame_stride: int = 1  # shard frames between view frames (16 fps shards: 8 frames = 0.5 s)
     crop: int = 112
@@ -93,6 +94,8 @@ class LoaderConfig:
     def validate(self) -> None:
         if self.relaxation not in RELAXATION_MODES:
             raise ValueError(f"relaxation must be one of {RELAXATION_MODES}, not {self.relaxation!r}")
+        if self.view_alignment not in VIEW_ALIGNMENTS:
+            raise ValueError(f"view_alignment must be one of {VIEW_ALIGNMENTS}, not {self.view_alignment!r}")
         if self.missing_components not in ("skip", "error"):
             raise ValueError("missing_components must be 'skip' or 'error'")
         if self.frames < 1 or self.crop < 1 or self.audio_seconds * self.sample_rate < self.hop:
@@ -113,8 +116,7 @@ class LoaderConfig:
             crop=self.crop,
             relaxation=self.relaxation,
             extreme_gap=self.extreme_gap,
-            video_jitter=self.video_jitter,
-            sync_views=self.sync_views,
+            view_alignment=self.view_alignment,
             video_aug=self.augment.video,
             audio_aug=self.augment.audio,
             mel=self.mel(),

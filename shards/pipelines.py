@@ -82,8 +82,7 @@ class TrainGraphSpec:
     crop: int = 112
     relaxation: str = "mild"
     extreme_gap: float = 3.0
-    video_jitter: bool = False
-    sync_views: bool = False
+    view_alignment: str = "paper"  # paper | official (views.py)
     video_aug: VideoAugment = field(default_factory=VideoAugment)
     audio_aug: AudioAugment = field(default_factory=AudioAugment)
     mel: LogMel = field(default_factory=LogMel)
@@ -194,8 +193,7 @@ def plan_graph(spec: TrainGraphSpec, reader: ReaderSpec, draw_specs: list[DrawSp
     video, audio, index = _reader(reader, [shard_format.VIDEO_EXT, reader.audio_ext, shard_format.INDEX_EXT])
     span = clip_span(parse_index(index))
     geo = spec.geometry
-    starts = sample_view_starts(span, geo, spec.relaxation, extreme_gap=spec.extreme_gap,
-                                video_jitter=spec.video_jitter, sync_views=spec.sync_views)
+    starts = sample_view_starts(span, geo, spec.relaxation, extreme_gap=spec.extreme_gap, alignment=spec.view_alignment)
     frame_ids = fn.cat(
         _frame_list(span, start_frame(span, starts.video1), geo),
         _frame_list(span, start_frame(span, starts.video2), geo),

@@ -8,17 +8,28 @@ video frame k is shown at ``video_offset + k / fps`` and audio sample n at
 A *view* is a video window of ``Wv = frames * stride / fps`` seconds and an audio window of
 ``Wa = audio_seconds`` seconds. The *valid start interval* of a view is ``[lo, hi]`` with
 ``lo = max(video_offset, audio_offset)`` and ``hi = min(video_end - Wv, audio_end - Wa)``.
-View 1 starts (both modalities) at ``t1``; view 2's video starts at ``t1 + dv`` and its audio at
-``t1 + da``. Per mode (``docs/shards.md`` has the figure):
 
-- ``none``: ``dv = da = 0``.
-- ``mild`` (default, as the official code): ``dv = Wv / 2``, ``da = Wa / 2``: a ``1.5 Wv`` video and
-  a ``1.5 Wa`` audio window cut into first/last parts, 50 % overlap in each modality.
-- ``medium``: ``dv = Wv``, ``da = Wa``: adjacent, non-overlapping windows.
-  (``sync_views``: ``da = dv`` in both, so view 2 is A/V-aligned too.)
-- ``extreme`` (paper): view 1 lies in the first half of the usable span, view 2 in the second half.
-- ``extreme_official``: a fixed gap, ``dv = da = extreme_gap`` (3 s in the official code).
-- ``mixed``: ``t1`` and ``t2`` drawn independently from ``[lo, hi]``.
+Two alignments (``view_alignment``):
+
+- ``paper`` (default; paper section 3.2): both modalities of a view start together, view 1 at
+  ``t1`` and view 2 at ``t2``, so the synchronous pairs (v1, a1), (v2, a2) always overlap and the
+  asynchronous pairs (v1, a2), (v2, a1) are ``t2 - t1`` apart. Per mode (``docs/shards.md`` has
+  the figure):
+
+  - ``none``: ``t2 = t1``.
+  - ``mild``: ``t2 = t1 + Wv / 2`` (50 % overlap of the two frame sequences).
+  - ``medium``: ``t2 = t1 + Wv`` (adjacent frame sequences).
+  - ``extreme``: view 1 lies in the first half of the usable span, view 2 in the second half.
+  - ``extreme_official``: a fixed gap, ``t2 = t1 + extreme_gap`` (3 s in the official code).
+  - ``mixed``: ``t1`` and ``t2`` drawn independently from ``[lo, hi]``.
+
+- ``official`` (the official CrissCross code's sampler): ``mild``/``medium`` offset view 2's video
+  by ``Wv/2`` resp. ``Wv`` and its audio by ``Wa/2`` resp. ``Wa`` (a ``1.5 W`` resp. ``2 W`` window
+  per modality cut into first/last parts), and the video block is jittered inside the audio
+  block (video start ``= audio start + U(0, (Wa - Wv) * 1.5 resp. 2)``, one draw for both views).
+  ``none`` jitters the (shared) video start inside the audio window, ``mixed`` each view's.
+  ``extreme``/``extreme_official`` are as in ``paper`` (the official far-apart sampler has no
+  jitter). The sync pairs of ``mild``/``medium`` then do not always overlap (the test measures it).
 
 Short clips never crash and are never silently padded; each sample gets a fallback code:
 
@@ -44,6 +55,7 @@ from nvidia.dali.pipeline import DataNode
 from crisscross.shards import format as shard_format
 
 RELAXATION_MODES = ("none", "mild", "medium", "extreme", "extreme_official", "mixed")
+VIEW_ALIGNMENTS = ("paper", "official")
 FALLBACK_NONE, FALLBACK_SHRUNK, FALLBACK_PADDED = 0, 1, 2
 
 
@@ -128,8 +140,10 @@ def _select(cond: DataNode, if_true, if_false) -> DataNode:
     return cond * if_true + (1.0 - cond) * if_false
 
 
-def _fixed_offset_starts(span: ClipSpan, geo: ViewGeometry, dv: float, da: float) -> ViewStarts:
-    """Modes whose view-2 offsets are constants (none, mild, medium, extreme_official)."""
+def _fixed_offset_starts(span: ClipSpan, geo: ViewGeometry, dv: float, da: float, *, jitter: bool = False) -> ViewStarts:
+    """Modes whose view-2 offsets are constants (none, mild, medium, extreme_official): view 2's
+    video starts ``dv`` after view 1's, its audio ``da`` after. ``jitter``: the official code's
+    within-view jitter (the shorter modality's block drawn inside the longer one's)."""
     lo = dmath.max(span.video_offset, span.audio_offset)
     room_v = span.video_end - geo.video_seconds - lo  # slack left for the offset + t1 draw
     room_a = span.audio_end - geo.audio_seconds - lo
@@ -143,7 +157,23 @@ def _fixed_offset_starts(span: ClipSpan, geo: ViewGeometry, dv: float, da: float
     fallback = _select(fits, float(FALLBACK_NONE), _select(fits_one_view, float(FALLBACK_SHRUNK), float(FALLBACK_PADDED)))
     if dv == 0.0 and da == 0.0:  # mode none: a short clip is only ever padded, never shrunk
         fallback = _select(fits_one_view, float(FALLBACK_NONE), float(FALLBACK_PADDED))
-    return ViewStarts(t1, t1, t1 + scale * dv, t1 + scale * da, fn.cast(fallback, dtype=types.INT32))
+    video1 = audio1 = t1
+    if jitter:
+        video1, audio1 = _jitter_blocks(span, geo, t1, scale * dv, scale * da, fits_one_view)
+    return ViewStarts(video1, audio1, video1 + scale * dv, audio1 + scale * da, fn.cast(fallback, dtype=types.INT32))
+
+
+def _jitter_blocks(span: ClipSpan, geo: ViewGeometry, start: DataNode, dv, da, fits: DataNode) -> tuple[DataNode, DataNode]:
+    """Official code (``_sample_snippet``): the longer modality's block (both views: ``W + d``)
+    starts at ``start``; the shorter one's is drawn uniformly inside it, clipped to its stream's
+    end. ``fits`` (0/1): 0 for a padded sample, which keeps both starts at ``start`` as the official
+    code does for clips shorter than a view. Returns (video start, audio start) of view 1."""
+    block_v, block_a = geo.video_seconds + dv, geo.audio_seconds + da
+    if geo.audio_seconds >= geo.video_seconds:
+        slack = dmath.max(dmath.min(start + block_a, span.video_end) - block_v - start, 0.0) * fits
+        return start + _uniform() * slack, start
+    slack = dmath.max(dmath.min(start + block_v, span.audio_end) - block_a - start, 0.0) * fits
+    return start, start + _uniform() * slack
 
 
 def _extreme_starts(span: ClipSpan, geo: ViewGeometry) -> ViewStarts:
@@ -168,21 +198,19 @@ def _extreme_starts(span: ClipSpan, geo: ViewGeometry) -> ViewStarts:
     return ViewStarts(t1, t1, t2, t2, fn.cast(fallback, dtype=types.INT32))
 
 
-def _mixed_starts(span: ClipSpan, geo: ViewGeometry) -> ViewStarts:
+def _mixed_starts(span: ClipSpan, geo: ViewGeometry, *, jitter: bool = False) -> ViewStarts:
     lo = dmath.max(span.video_offset, span.audio_offset)
     hi = dmath.min(span.video_end - geo.video_seconds, span.audio_end - geo.audio_seconds)
     width = dmath.max(hi - lo, 0.0)
     t1 = lo + _uniform() * width
     t2 = lo + _uniform() * width
-    fallback = _select(_as_float(hi >= lo), float(FALLBACK_NONE), float(FALLBACK_PADDED))
-    return ViewStarts(t1, t1, t2, t2, fn.cast(fallback, dtype=types.INT32))
-
-
-def _jitter_video(video_start: DataNode, audio_start: DataNode, geo: ViewGeometry) -> DataNode:
-    """Official code's within-view jitter: the video window is drawn inside the audio window."""
-    slack = max(geo.audio_seconds - geo.video_seconds, 0.0)
-    del video_start  # replaced: the video start follows the audio window instead
-    return audio_start + _uniform() * slack
+    fits = _as_float(hi >= lo)
+    fallback = fn.cast(_select(fits, float(FALLBACK_NONE), float(FALLBACK_PADDED)), dtype=types.INT32)
+    if not jitter:
+        return ViewStarts(t1, t1, t2, t2, fallback)
+    video1, audio1 = _jitter_blocks(span, geo, t1, 0.0, 0.0, fits)
+    video2, audio2 = _jitter_blocks(span, geo, t2, 0.0, 0.0, fits)
+    return ViewStarts(video1, audio1, video2, audio2, fallback)
 
 
 def sample_view_starts(
@@ -191,33 +219,28 @@ def sample_view_starts(
     mode: str,
     *,
     extreme_gap: float = 3.0,
-    video_jitter: bool = False,
-    sync_views: bool = False,
+    alignment: str = "paper",
 ) -> ViewStarts:
     """Draw (per sample, inside DALI) the start times of both views for a relaxation ``mode``.
 
-    ``sync_views``: in ``mild``/``medium`` view 2's audio starts with its video (offset ``dv`` for
-    both modalities) instead of the official code's per-modality offsets (``da = Wa/2`` resp. ``Wa``)."""
+    ``alignment="paper"``: both modalities of a view start together (view 2 ``Wv/2`` after view 1
+    in ``mild``, ``Wv`` in ``medium``). ``"official"``: the official code's per-modality offsets
+    with its within-view video jitter (module docstring)."""
     if mode not in RELAXATION_MODES:
         raise ValueError(f"unknown relaxation mode {mode!r}; expected one of {RELAXATION_MODES}")
-    if mode == "none":
-        starts = _fixed_offset_starts(span, geo, 0.0, 0.0)
-    elif mode == "mild":
-        dv = geo.video_seconds / 2
-        starts = _fixed_offset_starts(span, geo, dv, dv if sync_views else geo.audio_seconds / 2)
-    elif mode == "medium":
-        dv = geo.video_seconds
-        starts = _fixed_offset_starts(span, geo, dv, dv if sync_views else geo.audio_seconds)
-    elif mode == "extreme_official":
-        starts = _fixed_offset_starts(span, geo, extreme_gap, extreme_gap)
-    elif mode == "extreme":
-        starts = _extreme_starts(span, geo)
-    else:
-        starts = _mixed_starts(span, geo)
-    if video_jitter:
-        starts.video1 = _jitter_video(starts.video1, starts.audio1, geo)
-        starts.video2 = _jitter_video(starts.video2, starts.audio2, geo)
-    return starts
+    if alignment not in VIEW_ALIGNMENTS:
+        raise ValueError(f"unknown view alignment {alignment!r}; expected one of {VIEW_ALIGNMENTS}")
+    official = alignment == "official"
+    if mode in ("none", "mild", "medium"):
+        fraction = {"none": 0.0, "mild": 0.5, "medium": 1.0}[mode]
+        dv = fraction * geo.video_seconds
+        da = fraction * geo.audio_seconds if official else dv
+        return _fixed_offset_starts(span, geo, dv, da, jitter=official)
+    if mode == "extreme_official":
+        return _fixed_offset_starts(span, geo, extreme_gap, extreme_gap)
+    if mode == "extreme":
+        return _extreme_starts(span, geo)
+    return _mixed_starts(span, geo, jitter=official)
 
 
 def start_frame(span: ClipSpan, video_start: DataNode) -> DataNode:

@@ -137,19 +137,19 @@ def test_frames_and_audio_are_exactly_the_sampled_window(index_shards, samples):
 
 
 def test_view_audio_and_video_start_together(index_shards, samples):
-    """In modes none/extreme/mixed both views are A/V-aligned; in mild/medium view 1 is (view 2's
-    audio is offset by Wa/2 resp. Wa, its video by Wv/2 resp. Wv: the official code's windows)."""
-    for mode in ("none", "mild", "extreme", "mixed"):
+    """Default (paper) alignment: in every mode both modalities of each view start at the same
+    time, and the frame decoded first is the one shown at that time."""
+    for mode in ("none", "mild", "medium", "extreme", "mixed"):
         loader = build_train_loader(_config(index_shards, relaxation=mode), batch_size=2, seed=1)
         for batch in loader:
             t = batch["times"].numpy()
             np.testing.assert_allclose(t[:, 0], t[:, 1], atol=1e-9)
-            if mode != "mild":
-                np.testing.assert_allclose(t[:, 2], t[:, 3], atol=1e-9)
-            # the frame shown at the view start is the one decoded first
+            np.testing.assert_allclose(t[:, 2], t[:, 3], atol=1e-9)
             for b, key in enumerate(batch["key"]):
-                frames = _unnormalize(batch["v1"][b])
-                assert read_frame_index(frames[0]) == min(int(np.floor(t[b, 0] * 16 + 0.5)), int(samples[key].index[0]) - 1)
+                last = int(samples[key].index[0]) - 1
+                for view in (1, 2):
+                    frames = _unnormalize(batch[f"v{view}"][b])
+                    assert read_frame_index(frames[0]) == min(int(np.floor(t[b, 2 * view - 2] * 16 + 0.5)), last)
 
 
 # ----------------------------------------------------------------------------- modes (plan pipeline only)
@@ -171,62 +171,109 @@ def _draw_times(shards: Path, mode: str, rounds: int, **cfg_overrides) -> list[t
     return draws
 
 
+def _overlap(start_a: float, width_a: float, start_b: float, width_b: float) -> bool:
+    return start_a < start_b + width_b and start_b < start_a + width_a
+
+
+WV, WA = 0.5, 2.0  # 8 frames at 16 fps; 2 s audio
+# Paper alignment: view 2 starts (both modalities) this long after view 1.
+PAPER_OFFSET = {"none": 0.0, "mild": WV / 2, "medium": WV, "extreme_official": 3.0}
+# Clips (of CLIP_SECONDS) on which each mode's definition holds (no fallback), per alignment.
+FITS = {
+    "paper": {"none": {"long", "mid", "short"}, "mild": {"long", "mid", "short"}, "medium": {"long", "mid", "short"},
+              "extreme": {"long", "mid"}, "extreme_official": {"long", "mid"}, "mixed": {"long", "mid", "short"}},
+}
+# official: mild needs 1.5 Wa = 3 s (the 3.5 s clip fits), medium 2 Wa = 4 s (it does not)
+FITS["official"] = dict(FITS["paper"], medium={"long", "mid"})
+# Fraction of the official sampler's checked draws with a sync pair that does not overlap at all:
+# mild: video block jitter j ~ U(0, 2.25 s); v1 misses a1 when j > 2, v2 misses a2 when j < 0.25 -> 0.5/2.25.
+# medium: j ~ U(0, 3 s); v1 misses a1 when j > 2, v2 misses a2 when j < 1 -> 2/3.
+OFFICIAL_SYNC_MISS = {"mild": 0.5 / 2.25, "medium": 2 / 3}
+OFFICIAL_JITTER = {"none": WA - WV, "mild": 1.5 * (WA - WV), "medium": 2 * (WA - WV), "mixed": WA - WV}
+ROUNDS = 50  # plan-pipeline runs of 4 samples (each clip once per run)
+
+
+def _check_draw(mode: str, alignment: str, times: np.ndarray, lo: float, middle: float) -> None:
+    """The mode's definition for one draw that did not fall back."""
+    tv1, ta1, tv2, ta2 = times
+    official = alignment == "official"
+    if official and mode in ("none", "mild", "medium", "mixed"):
+        # official: the video block lies inside the audio block, view 2 offset per modality
+        if mode in ("none", "mild", "medium"):
+            fraction = {"none": 0.0, "mild": 0.5, "medium": 1.0}[mode]
+            assert tv2 - tv1 == pytest.approx(fraction * WV) and ta2 - ta1 == pytest.approx(fraction * WA)
+            assert ta1 - 1e-9 <= tv1 and tv2 + WV <= ta2 + WA + 1e-9
+        else:  # mixed: each view's video inside its own audio window
+            for tv, ta in ((tv1, ta1), (tv2, ta2)):
+                assert ta - 1e-9 <= tv <= ta + WA - WV + 1e-9
+        return
+    # paper (and the official extreme samplers, which have no jitter): a view's modalities start
+    # together, so both sync pairs overlap; the async pairs are t2 - t1 apart
+    assert tv1 == ta1 and tv2 == ta2
+    assert _overlap(tv1, WV, ta1, WA) and _overlap(tv2, WV, ta2, WA)
+    if mode in PAPER_OFFSET:
+        assert ta2 - tv1 == pytest.approx(PAPER_OFFSET[mode]) and tv2 - ta1 == pytest.approx(PAPER_OFFSET[mode])
+    elif mode == "extreme":
+        assert tv1 + WA <= middle + 1e-9 and tv2 >= middle - 1e-9
+
+
+@pytest.mark.parametrize("alignment", ["paper", "official"])
 @pytest.mark.parametrize("mode", ["none", "mild", "medium", "extreme", "extreme_official", "mixed"])
-def test_mode_offsets_hold_over_many_draws(index_shards, samples, mode):
-    wv, wa = 0.5, 2.0  # 8 frames at 16 fps; 2 s audio
-    draws = _draw_times(index_shards, mode, rounds=50)
-    codes = {}
-    for key, (tv1, ta1, tv2, ta2), code in draws:
+def test_mode_offsets_hold_over_many_draws(index_shards, samples, mode, alignment):
+    """Every draw of the real plan graph is checked; the checked (non-fallback) draws are counted,
+    so the test cannot pass because the draws fell back."""
+    draws = _draw_times(index_shards, mode, rounds=ROUNDS, view_alignment=alignment)
+    assert len(draws) == 4 * ROUNDS
+    codes, checked, sync_miss = {}, 0, 0
+    for key, times, code in draws:
         idx = samples[key].index
         video_end = idx[shard_format.Index.NUM_FRAMES] / idx[shard_format.Index.FPS] + idx[shard_format.Index.VIDEO_OFFSET]
         audio_end = idx[shard_format.Index.NUM_AUDIO_SAMPLES] / idx[shard_format.Index.SAMPLE_RATE] + idx[shard_format.Index.AUDIO_OFFSET]
         lo = max(idx[shard_format.Index.VIDEO_OFFSET], idx[shard_format.Index.AUDIO_OFFSET])
+        tv1, ta1, tv2, ta2 = times
         codes.setdefault(_name(samples, key), set()).add(code)
-        assert min(tv1, ta1, tv2, ta2) >= lo - 1e-9
+        assert min(times) >= lo - 1e-9
         if code == FALLBACK_PADDED:
-            assert tv1 == ta1 == lo
+            assert tv1 == ta1 == tv2 == ta2 == lo
             continue
         for tv, ta in ((tv1, ta1), (tv2, ta2)):  # every window inside the clip
-            assert tv + wv <= video_end + 1e-9 and ta + wa <= audio_end + 1e-9
+            assert tv + WV <= video_end + 1e-9 and ta + WA <= audio_end + 1e-9
         if code != FALLBACK_NONE:
             assert code == FALLBACK_SHRUNK
+            if alignment == "paper":
+                assert tv1 == ta1 and tv2 == ta2  # shrunk offsets, still aligned
             continue
-        if mode == "none":
-            assert tv1 == ta1 == tv2 == ta2
-        elif mode in ("mild", "medium"):
-            step = 0.5 if mode == "mild" else 1.0
-            assert tv2 - tv1 == pytest.approx(step * wv) and ta2 - ta1 == pytest.approx(step * wa)
-            assert tv1 == ta1
-        elif mode == "extreme_official":
-            assert tv2 - tv1 == pytest.approx(3.0) and ta2 - ta1 == pytest.approx(3.0)
-        elif mode == "extreme":
-            middle = 0.5 * (lo + min(video_end, audio_end))
-            assert tv1 + wa <= middle + 1e-9 and tv2 >= middle - 1e-9
+        _check_draw(mode, alignment, times, lo, 0.5 * (lo + min(video_end, audio_end)))
+        checked += 1
+        sync_miss += not (_overlap(tv1, WV, ta1, WA) and _overlap(tv2, WV, ta2, WA))
+    fits = FITS[alignment][mode]
+    assert checked == ROUNDS * len(fits)
+    assert {name for name, c in codes.items() if c == {FALLBACK_NONE}} == fits
     # The 1.5 s clip is shorter than one 2 s view: always padded, never silently.
     assert codes["tiny"] == {FALLBACK_PADDED}
-    assert codes["long"] == {FALLBACK_NONE}
-    if mode in ("extreme", "extreme_official"):
-        assert codes["short"] == {FALLBACK_SHRUNK}  # 3.5 s: no room for two disjoint halves / a 3 s gap
+    if alignment == "official" and mode in OFFICIAL_SYNC_MISS:
+        expected = OFFICIAL_SYNC_MISS[mode]
+        assert abs(sync_miss / checked - expected) <= 4 * np.sqrt(expected * (1 - expected) / checked)
+    else:
+        assert sync_miss == 0
     if mode == "mixed":
         ordered = [(t[0] < t[2]) for k, t, c in draws if _name(samples, k) == "long"]
         assert any(ordered) and not all(ordered)  # independent draws: either view may come first
     else:
-        starts = [t[0] for k, t, c in draws if _name(samples, k) == "long"]
+        starts = [t[1] for k, t, c in draws if _name(samples, k) == "long"]
         assert np.std(starts) > 0.3  # t1 is random, not a constant
+    if alignment == "official" and mode in OFFICIAL_JITTER:
+        # the video block's start is uniform over the whole audio block: U(0, (1 + d/W) (Wa - Wv))
+        jitter = np.array([t[0] - t[1] for k, t, c in draws if c == FALLBACK_NONE])
+        span = OFFICIAL_JITTER[mode]
+        assert jitter.min() >= -1e-9 and jitter.max() <= span + 1e-9
+        assert jitter.min() < 0.1 * span and jitter.max() > 0.9 * span  # fails with p < 1e-6 if uniform
 
 
-@pytest.mark.parametrize("mode,step", [("mild", 0.25), ("medium", 0.5)])
-def test_sync_views_aligns_view_two(index_shards, mode, step):
-    draws = _draw_times(index_shards, mode, rounds=10, sync_views=True)
-    for _, (tv1, ta1, tv2, ta2), code in draws:
-        if code == FALLBACK_NONE:
-            assert tv1 == ta1 and tv2 == ta2 and tv2 - tv1 == pytest.approx(step)
-
-
-def test_video_jitter_keeps_video_inside_audio_window(index_shards):
-    for _, (tv1, ta1, tv2, ta2), code in _draw_times(index_shards, "mild", rounds=10, video_jitter=True):
-        if code == FALLBACK_NONE:
-            assert ta1 <= tv1 <= ta1 + 1.5 + 1e-9 and ta2 <= tv2 <= ta2 + 1.5 + 1e-9
+def test_view_alignment_is_validated(index_shards):
+    with pytest.raises(ValueError, match="view_alignment"):
+        LoaderConfig.from_dict({"shards": str(index_shards), "view_alignment": "sync"})
+    assert LoaderConfig.from_dict({"shards": str(index_shards)}).view_alignment == "paper"
 
 
 def test_short_clip_fallbacks_are_counted(index_shards):
