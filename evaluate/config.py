@@ -20,6 +20,8 @@ AUGMENTS = ("none", "linear")
 SPLIT_MODES = ("auto", "folds", "split")
 CLASSIFIERS = ("svm", "fc")
 MODALITIES = ("video", "audio")
+# build_eval_loader arguments that must match the encoder's training input (train/export.py)
+FRONT_END_KEYS = ("frame_stride", "fps", "sample_rate", "n_mels", "n_fft", "hop", "logmel_mean", "logmel_std")
 RETRIEVAL_DIRECTIONS = ("video->video", "audio->audio", "video->audio", "audio->video")
 
 
@@ -41,9 +43,11 @@ class EvalConfig:
     dataset: str = ""  # name used in results rows; default: the shards dir's name
     pretrain: str = ""  # report column; default: "random" for --checkpoint random, else the checkpoint's name
     modality: str = "audio"  # linear: which encoder's features (fusion uses both)
-    frames: int = 8
-    crop: int = 112
-    audio_seconds: float = 2.0
+    # The input. None (unset): the encoder's own, from its backbones.json "input" (what it was
+    # trained on), else the data defaults 8 / 112 / 2.0; a preset or --set gives the protocol's.
+    frames: int | None = None
+    crop: int | None = None
+    audio_seconds: float | None = None
     batch_size: int = 8
     feature_chunk: int = 64  # clips per forward pass
     train_pass: PassConfig = field(default_factory=lambda: PassConfig(10, "random", "linear"))
@@ -57,7 +61,9 @@ class EvalConfig:
     finetune: dict[str, Any] = field(default_factory=dict)  # crisscross.evaluate.finetune.FinetuneConfig
     plots: bool = True
     model: Any = None  # architecture for --checkpoint random: "tiny", or ModelConfig keys
-    loader: dict[str, Any] = field(default_factory=dict)  # extra build_eval_loader keyword arguments
+    # extra build_eval_loader keyword arguments; the front end (FRONT_END_KEYS) left out here is
+    # filled from the encoder's backbones.json "input" when the run opens
+    loader: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     seed: int = 0
 
@@ -86,6 +92,29 @@ class EvalConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def resolve_input(self, input_spec: dict[str, dict[str, Any]] | None, *, source: str = "") -> list[str]:
+        """Fill the input the config leaves open from the encoder's training input (in place).
+
+        The protocol's frames / crop / audio_seconds (preset or --set) win, and so does any front
+        end key given under ``loader``; the rest come from ``input_spec`` (backbones.json
+        "input"), or from the data defaults when the encoder recorded none. Returns warnings.
+        """
+        from crisscross.train.export import default_encoder_input
+
+        warnings = []
+        if input_spec is None:
+            input_spec = default_encoder_input()
+            if source and source != "random":
+                warnings.append(f"{source}: backbones.json records no encoder input (exported before format 2); "
+                                f"evaluating with the default input and audio front end {input_spec}")
+        flat = {**input_spec["video"], **input_spec["audio"]}
+        for key in ("frames", "crop", "audio_seconds"):
+            if getattr(self, key) is None:
+                setattr(self, key, flat[key])
+        for key in FRONT_END_KEYS:
+            self.loader.setdefault(key, flat[key])
+        return warnings
 
     def input_label(self, modality: str) -> str:
         if modality == "video":

@@ -82,6 +82,9 @@ class Encoders:
     model_cfg: dict[str, Any]
     checkpoint_sha: str  # sha256 of the weights' files ("random-..." for an untrained encoder)
     source: str  # what --checkpoint said
+    # the input the encoders were trained on (train/export.py "input"); None: not recorded
+    # (random init, or an export written before backbones.json format 2)
+    input_spec: dict[str, dict[str, Any]] | None = None
 
 
 def file_sha256(paths: Iterable[Path]) -> str:
@@ -121,19 +124,21 @@ def load_encoders(checkpoint: str, *, model: Any = None, seed: int = 0, device: 
         cfg_dict = cfg.to_dict()
         tag = hashlib.sha256(json.dumps(cfg_dict, sort_keys=True).encode()).hexdigest()[:16]
         sha = f"random-seed{seed}-{tag}"
+        input_spec = None
     else:
-        from crisscross.train.export import load_backbones
+        from crisscross.train.export import load_backbones, load_encoder_input
 
         path = Path(checkpoint)
         if not path.exists():
             raise FileNotFoundError(f"checkpoint not found: {path}")
         video, audio, cfg_any = load_backbones(path, device=device)
+        input_spec = load_encoder_input(path)
         cfg_dict = cfg_any.to_dict() if hasattr(cfg_any, "to_dict") else dict(cfg_any)
         files = [path / n for n in EXPORT_FILES] if path.is_dir() else [path]
         sha = file_sha256(files)
     video.to(device).eval()
     audio.to(device).eval()
-    return Encoders(video, audio, cfg_dict, sha, checkpoint)
+    return Encoders(video, audio, cfg_dict, sha, checkpoint, input_spec)
 
 
 # ------------------------------------------------------------------------------------ manifest

@@ -2,31 +2,36 @@
 
 The backbone's last conv block is pooled with adaptive *max* pooling (the paper replaces the
 average pool) and feeds a new linear layer (dropout before it). SGD with momentum, a multi-step
-schedule, the strong augmentations without blur (the loader's ``linear`` augmentation), and
-``clips_per_sample`` random clips per training sample per epoch (Table S11's epoch size over the
-number of training videos: UCF101 95K / 9.5K = 10). Test: ``test_pass`` uniformly spaced
+schedule, the strong augmentations without blur (the loader's ``linear`` augmentation). An epoch
+is ``clips_per_sample`` passes over the training videos (Table S11's epoch size over the number of
+training videos: UCF101 95K / 9.5K = 10); each pass reads every video once in a freshly shuffled
+order with ONE random clip of it, so a step never holds two clips of the same video (as the
+paper's training does). The order is a function of (seed, epoch, pass, rank): a resumed run
+sees the same batches as an uninterrupted one. Test: ``test_pass`` uniformly spaced
 un-augmented clips, clip softmaxes averaged per sample. The LAST epoch is reported; with
 ``eval_every_epoch`` the per-epoch test accuracies are also written, labelled comparison only.
 
-The trainer's machinery: checkpoints after every epoch via ``crisscross.train.checkpoint``
-(atomic, newest kept, loaded with weights_only=True), automatic resume from the newest one, and
-``torchrun``: under WORLD_SIZE > 1 the model is wrapped in DistributedDataParallel (gloo on CPU)
-and each rank trains on its slice of every global batch.
+Processes: one, or many under ``torchrun`` through the trainer's runtime
+(``crisscross.train.distributed``: NCCL and ``cuda:LOCAL_RANK`` on GPUs, gloo on the CPU, DDP with
+``device_ids``, SyncBatchNorm on GPUs). Every rank reads its own 1/W of the shards (the training
+loader's split) for training and for the test pass; test results are gathered to rank 0, which
+checks that every test sample was counted exactly once and writes the results. Checkpoints after
+every epoch via ``crisscross.train.checkpoint`` (atomic, newest kept, loaded with
+weights_only=True), automatic resume from the newest one.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -39,6 +44,7 @@ from crisscross.evaluate.pipeline import (
     open_run,
 )
 from crisscross.evaluate.report import COMPARISON_ONLY, ResultRow
+from crisscross.train.distributed import DistEnv, all_ranks_all, gather_objects, setup_distributed, shutdown, wrap_ddp
 
 
 @dataclass
@@ -53,14 +59,15 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     momentum: float = 0.9
     dropout: float = 0.0
-    clips_per_sample: int = 10  # random training clips per sample per epoch
-    shuffle_buffer: int = 128  # clips mixed before batching (the loader yields samples in order)
+    clips_per_sample: int = 10  # passes per epoch, one random clip per training video each
+    shuffle_buffer: int = 256  # samples each rank's reader mixes (seeded per epoch and pass), as in pretraining
+    sync_bn: bool = True  # several GPUs: batch-norm statistics over the global batch (GPU-only in PyTorch)
     eval_every_epoch: bool = False  # per-epoch test accuracy, comparison only
     max_epochs_this_run: int | None = None  # stop this invocation early (time-sliced jobs); resume later
     keep_checkpoints: int = 2
 
     @classmethod
-    def from_dict(cls, cfg: dict[str, Any]) -> "FinetuneConfig":
+    def from_dict(cls, cfg: dict[str, Any]) -> FinetuneConfig:
         unknown = set(cfg) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown finetune options: {sorted(unknown)}")
@@ -81,94 +88,133 @@ class FinetuneModel(nn.Module):
         return self.fc(self.dropout(pooled))
 
 
-# ------------------------------------------------------------------------------ distributed
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-
-def init_distributed() -> Dist:
-    """torchrun sets WORLD_SIZE/RANK; a plain ``python`` run is a world of one."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return Dist(dist.get_rank(), dist.get_world_size())
-
-
 # ------------------------------------------------------------------------------ data
-def _loader(ctx: RunContext, clips: int, sampling: str, augment: str, seed: int) -> Iterable[dict[str, Any]]:
+def derived_seed(*parts: int) -> int:
+    """A well-mixed 31-bit seed from (seed, epoch, pass, rank, ...): neighbouring tuples give
+    unrelated streams, and the same tuple always the same one."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0]) % (2**31 - 1)
+
+
+def _loader(ctx: RunContext, env: DistEnv, clips: int, sampling: str, augment: str, seed: int,
+            shuffle: bool = False, shuffle_buffer: int = 256) -> Iterable[dict[str, Any]]:
+    """This rank's part of the shards (1/W of the samples) through the DALI evaluation graph."""
     from crisscross.shards.loader import build_eval_loader
 
     cfg = ctx.cfg
     return build_eval_loader(
         str(ctx.data_dir), clips_per_sample=clips, sampling=sampling, frames=cfg.frames, crop=cfg.crop,
         audio_seconds=cfg.audio_seconds, augment=augment, modalities=("video",), batch_size=cfg.batch_size,
-        device=cfg.device, seed=seed, **cfg.loader,
+        device=str(env.device), seed=seed, rank=env.rank, world_size=env.world_size, shuffle=shuffle,
+        shuffle_buffer=shuffle_buffer, **cfg.loader,
     )
 
 
-def shuffled_batches(batches: Iterable[dict[str, Any]], keep: set[str], labels: dict[str, int], batch_size: int,
-                     buffer_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Clips of the ``keep`` samples, mixed in a buffer, in full batches (the last partial one is dropped)."""
+def steps_per_epoch(train_samples: int, ft: FinetuneConfig) -> int:
+    """Optimizer steps of one epoch in a world of one: full batches per pass, ``clips_per_sample``
+    passes (under torchrun at most this: a pass ends when any rank's part runs out)."""
+    return ft.clips_per_sample * (train_samples // ft.batch_size)
+
+
+def training_pass(ctx: RunContext, env: DistEnv, ft: FinetuneConfig, epoch: int, pass_index: int
+                  ) -> Iterable[dict[str, Any]]:
+    """One pass over this rank's videos: shuffled, one random augmented clip per video."""
+    seed = derived_seed(ctx.cfg.seed, epoch, pass_index, env.rank)
+    return _loader(ctx, env, 1, "random", "linear", seed=seed, shuffle=True, shuffle_buffer=ft.shuffle_buffer)
+
+
+def clip_batches(batches: Iterable[dict[str, Any]], keep: set[str], labels: dict[str, int], batch_size: int,
+                 seen: list[str] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The first clip of each ``keep`` sample, in reading order, in full batches of ``batch_size``
+    (the last partial batch is dropped). ``seen`` collects the keys read, in order."""
     clips: list[torch.Tensor] = []
     targets: list[int] = []
-
-    def take(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        chosen = set(torch.randperm(len(clips), generator=generator)[:n].tolist())
-        x = torch.stack([clips[i] for i in sorted(chosen)])
-        y = torch.tensor([targets[i] for i in sorted(chosen)])
-        clips[:] = [c for i, c in enumerate(clips) if i not in chosen]
-        targets[:] = [t for i, t in enumerate(targets) if i not in chosen]
-        return x, y
-
     for batch in batches:
         video = batch["video"]
         for i, key in enumerate(batch["key"]):
-            if key in keep:
-                clips.extend(video[i].float().unbind(0))
-                targets.extend([labels[key]] * video.shape[1])
-        while len(clips) >= max(buffer_size, batch_size) + batch_size:
-            yield take(batch_size)
-    while len(clips) >= batch_size:
-        yield take(batch_size)
+            if key not in keep:
+                continue
+            if seen is not None:
+                seen.append(key)
+            clips.append(video[i, 0])
+            targets.append(labels[key])
+            if len(clips) == batch_size:
+                yield torch.stack(clips).float(), torch.tensor(targets)
+                clips, targets = [], []
+
+
+# ------------------------------------------------------------------------------ testing
+def correct_predictions(scores: torch.Tensor, truth: Sequence[int]) -> torch.Tensor:
+    """Per sample: is the top-scoring class the true one? Computed on the scores' device (the
+    truth moves to them; torch refuses a comparison across devices, e.g. cuda vs cpu)."""
+    return scores.argmax(dim=1) == torch.as_tensor(truth, dtype=torch.long, device=scores.device)
 
 
 @torch.no_grad()
-def test_accuracy(model: nn.Module, batches: Iterable[dict[str, Any]], keep: set[str], labels: dict[str, int]) -> tuple[float, int]:
-    """Sample-level top-1: mean of the clips' softmaxes (no augmentation, uniform clips)."""
+def sample_results(model: nn.Module, batches: Iterable[dict[str, Any]], keep: set[str],
+                   labels: dict[str, int]) -> dict[str, bool]:
+    """Per ``keep`` sample read: correct or not, from the mean of its clips' softmaxes."""
     model.eval()
-    correct = total = 0
+    device = next(model.parameters()).device
+    results: dict[str, bool] = {}
     for batch in batches:
         rows = [i for i, key in enumerate(batch["key"]) if key in keep]
         if not rows:
             continue
-        video = batch["video"][rows].float()
+        video = batch["video"][rows].to(device).float()
         b, k = video.shape[:2]
         probs = model(video.reshape(b * k, *video.shape[2:])).softmax(dim=1).reshape(b, k, -1).mean(dim=1)
-        truth = torch.tensor([labels[batch["key"][i]] for i in rows])
-        correct += int((probs.argmax(dim=1) == truth).sum())
-        total += b
-    if total == 0:
+        hits = correct_predictions(probs, [labels[batch["key"][i]] for i in rows]).cpu().tolist()
+        for i, hit in zip(rows, hits):
+            key = batch["key"][i]
+            if key in results:
+                raise RuntimeError(f"test sample {key} was read twice by one evaluation pass")
+            results[key] = bool(hit)
+    return results
+
+
+def merge_rank_results(parts: Sequence[dict[str, bool]], expected: set[str]) -> tuple[float, int]:
+    """Rank 0's sample-level top-1 over the ranks' results: each expected sample exactly once."""
+    merged: dict[str, bool] = {}
+    for rank, part in enumerate(parts):
+        twice = merged.keys() & part.keys()
+        if twice:
+            raise RuntimeError(f"test samples {sorted(twice)[:5]} were evaluated by rank {rank} and an earlier rank")
+        merged.update(part)
+    missing = expected - merged.keys()
+    if not merged or missing:
+        raise ValueError(f"{len(missing)} of {len(expected)} test samples never reached the evaluation loader "
+                         f"(e.g. {sorted(missing)[:5]})")
+    extra = merged.keys() - expected
+    if extra:
+        raise RuntimeError(f"samples {sorted(extra)[:5]} are not test samples")
+    return sum(merged.values()) / len(merged), len(merged)
+
+
+def sample_accuracy(model: nn.Module, batches: Iterable[dict[str, Any]], keep: set[str],
+                  labels: dict[str, int]) -> tuple[float, int]:
+    """Sample-level top-1 over the ``keep`` samples of one loader (a world of one)."""
+    results = sample_results(model, batches, keep, labels)
+    if not results:
         raise ValueError("no test samples reached the evaluation loader")
-    return correct / total, total
+    return sum(results.values()) / len(results), len(results)
+
+
+def ranked_test_accuracy(model: nn.Module, ctx: RunContext, env: DistEnv, keep: set[str],
+                         labels: dict[str, int]) -> tuple[float, int, list[int]]:
+    """Collective: each rank tests its part of the shards; (top-1, samples, samples per rank) on every rank."""
+    tp = ctx.cfg.test_pass
+    loader = _loader(ctx, env, tp.clips_per_sample, tp.sampling, tp.augment, seed=derived_seed(ctx.cfg.seed, env.rank))
+    parts = gather_objects(sample_results(model, loader, keep, labels), env)
+    accuracy, total = merge_rank_results(parts, keep)
+    return accuracy, total, [len(p) for p in parts]
 
 
 # ------------------------------------------------------------------------------ training
 def _state(model: nn.Module, opt: torch.optim.Optimizer, sched: Any, epoch: int, step: int,
-           ft: FinetuneConfig, history: list[float]) -> dict[str, Any]:
+           ft: FinetuneConfig, history: list[float], env: DistEnv) -> dict[str, Any]:
     return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "epoch": epoch, "step": step, "finetune": asdict(ft), "test_history": history}
+            "epoch": epoch, "step": step, "finetune": asdict(ft), "test_history": history,
+            "world_size": env.world_size}
 
 
 def _seed_everything(seed: int) -> None:
@@ -177,111 +223,152 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def finetune_partition(ctx: RunContext, part: Partition, run_dir: Path, ft: FinetuneConfig, world: Dist,
-                       labels: dict[str, int], num_classes: int) -> tuple[list[ResultRow], dict[str, float]]:
-    from crisscross.train.checkpoint import find_latest, load_checkpoint, save_checkpoint
+def build_model(ctx: RunContext, ft: FinetuneConfig, env: DistEnv, num_classes: int) -> nn.Module:
+    """The same initial weights on every rank (seeded); SyncBatchNorm across several GPUs."""
+    _seed_everything(ctx.cfg.seed)
+    model = FinetuneModel(copy.deepcopy(ctx.encoders.video), num_classes, ft.dropout).to(env.device)
+    if ft.sync_bn and env.distributed and env.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # GPU-only in PyTorch
+    return model
 
-    cfg = ctx.cfg
-    _seed_everything(cfg.seed)
-    model = FinetuneModel(copy.deepcopy(ctx.encoders.video), num_classes, ft.dropout).to(cfg.device)
-    opt = torch.optim.SGD(model.parameters(), lr=ft.lr, momentum=ft.momentum, weight_decay=ft.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=ft.milestones, gamma=ft.gamma)
-    start_epoch, step, history = 0, 0, []
-    latest = find_latest(run_dir)
-    if latest is not None:  # resume: a killed or time-sliced job continues where it stopped
-        state = load_checkpoint(latest)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start_epoch, step, history = int(state["epoch"]), int(state["step"]), list(state["test_history"])
-        if world.main:
-            print(f"finetune: resumed {part.name} from {latest} (epoch {start_epoch}, step {step})")
-    trained = DDPWrap(model, world)
-    train_keys, test_keys = set(part.train_keys), set(part.test_keys)
-    timing = {"train": 0.0, "test": 0.0}
-    rows: list[ResultRow] = []
-    last_epoch = ft.epochs if ft.max_epochs_this_run is None else min(ft.epochs, start_epoch + ft.max_epochs_this_run)
-    common = dict(task="finetune", split=part.name, modality="video", input=cfg.input_label("video"), metric="top1")
-    for epoch in range(start_epoch, last_epoch):
-        t0 = time.perf_counter()
-        model.train()
-        generator = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-        loader = _loader(ctx, ft.clips_per_sample, "random", "linear", seed=cfg.seed * 100003 + epoch)
-        for x, y in shuffled_batches(loader, train_keys, labels, ft.batch_size, ft.shuffle_buffer, generator):
-            x, y = x[world.rank::world.world].to(cfg.device), y[world.rank::world.world].to(cfg.device)
-            loss = F.cross_entropy(trained(x), y)
+
+def train_epoch(ctx: RunContext, env: DistEnv, ft: FinetuneConfig, trained: nn.Module, opt: torch.optim.Optimizer,
+                keep: set[str], labels: dict[str, int], epoch: int) -> tuple[int, list[str]]:
+    """``clips_per_sample`` shuffled passes; returns (optimizer steps, training keys this rank read).
+
+    Ranks step together: a pass ends for all when any rank's part has no full batch left (the
+    parts differ by the test samples they hold), so DDP's collectives always match."""
+    torch.manual_seed(derived_seed(ctx.cfg.seed, epoch, env.rank))  # dropout masks: resumable, per rank
+    trained.train()
+    steps, seen = 0, []
+    for pass_index in range(ft.clips_per_sample):
+        stream = clip_batches(training_pass(ctx, env, ft, epoch, pass_index), keep, labels,
+                              ft.batch_size // env.world_size, seen)
+        while True:
+            item = next(stream, None)
+            if not all_ranks_all(item is not None, env):
+                break
+            x, y = item
+            loss = F.cross_entropy(trained(x.to(env.device)), y.to(env.device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            step += 1
+            steps += 1
+    return steps, seen
+
+
+def _resume(run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, env: DistEnv,
+            part: Partition) -> tuple[int, int, list[float]]:
+    """(start epoch, step, test history) from the newest checkpoint rank 0 finds, on every rank."""
+    from crisscross.train.checkpoint import find_latest, load_checkpoint
+
+    latest = find_latest(run_dir) if env.is_main else None
+    latest = gather_objects(str(latest) if latest else None, env)[0]
+    if latest is None:
+        return 0, 0, []
+    state = load_checkpoint(latest)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    if env.is_main:
+        print(f"finetune: resumed {part.name} from {latest} (epoch {state['epoch']}, step {state['step']})")
+        if int(state.get("world_size", env.world_size)) != env.world_size:
+            print(f"warning: the checkpoint was written by {state['world_size']} ranks, now {env.world_size}: "
+                  "the data order differs from an uninterrupted run")
+    return int(state["epoch"]), int(state["step"]), list(state["test_history"])
+
+
+def finetune_partition(ctx: RunContext, part: Partition, run_dir: Path, ft: FinetuneConfig, env: DistEnv,
+                       labels: dict[str, int], num_classes: int) -> tuple[list[ResultRow], dict[str, float]]:
+    from crisscross.train.checkpoint import save_checkpoint
+
+    model = build_model(ctx, ft, env, num_classes)
+    opt = torch.optim.SGD(model.parameters(), lr=ft.lr, momentum=ft.momentum, weight_decay=ft.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=ft.milestones, gamma=ft.gamma)
+    start_epoch, step, history = _resume(run_dir, model, opt, sched, env, part)
+    trained = wrap_ddp(model, env)
+    train_keys, test_keys = set(part.train_keys), set(part.test_keys)
+    timing = {"train": 0.0, "test": 0.0}
+    read_per_rank: list[int] = []
+    last_epoch = ft.epochs if ft.max_epochs_this_run is None else min(ft.epochs, start_epoch + ft.max_epochs_this_run)
+    for epoch in range(start_epoch, last_epoch):
+        t0 = time.perf_counter()
+        epoch_steps, seen = train_epoch(ctx, env, ft, trained, opt, train_keys, labels, epoch)
+        step += epoch_steps
         sched.step()
+        read_per_rank = _check_disjoint(gather_objects(sorted(set(seen)), env))
         timing["train"] += time.perf_counter() - t0
-        if ft.eval_every_epoch and world.main:
+        if ft.eval_every_epoch:
             t1 = time.perf_counter()
-            acc, _ = test_accuracy(model, _test_loader(ctx), test_keys, labels)
-            history.append(acc)
+            history.append(ranked_test_accuracy(model, ctx, env, test_keys, labels)[0])
             timing["test"] += time.perf_counter() - t1
-        if world.main:
-            save_checkpoint(run_dir, epoch + 1, _state(model, opt, sched, epoch + 1, step, ft, history),
+        if env.is_main:
+            save_checkpoint(run_dir, epoch + 1, _state(model, opt, sched, epoch + 1, step, ft, history, env),
                             keep=ft.keep_checkpoints)
-        world.barrier()
+        env.barrier()
     if last_epoch < ft.epochs:  # stopped early on purpose; the next invocation resumes
-        return rows, timing
-    if world.main:
-        t1 = time.perf_counter()
-        acc, n_test = test_accuracy(model, _test_loader(ctx), test_keys, labels)
-        timing["test"] += time.perf_counter() - t1
-        rows.append(ctx.row(protocol=f"finetune SGD, last epoch ({ft.epochs})", value=acc,
-                            extra={"epochs": ft.epochs, "steps": step, "test_samples": n_test,
-                                   "finetune": asdict(ft), "world_size": world.world}, **common))
-        if history:
-            best = int(np.argmax(history))
-            rows.append(ctx.row(protocol=f"finetune SGD, best epoch on test {COMPARISON_ONLY}", value=history[best],
-                                extra={"epoch": best + 1, "per_epoch": history}, **common))
-    return rows, timing
+        return [], timing
+    t1 = time.perf_counter()
+    acc, n_test, test_per_rank = ranked_test_accuracy(model, ctx, env, test_keys, labels)
+    timing["test"] += time.perf_counter() - t1
+    return _rows(ctx, part, ft, env, acc, step, n_test, test_per_rank, read_per_rank, history), timing
 
 
-def _test_loader(ctx: RunContext) -> Iterable[dict[str, Any]]:
-    tp = ctx.cfg.test_pass
-    return _loader(ctx, tp.clips_per_sample, tp.sampling, tp.augment, seed=ctx.cfg.seed)
+def _check_disjoint(keys_per_rank: list[list[str]]) -> list[int]:
+    """The training samples each rank read must not overlap (each reads its own 1/W of the shards)."""
+    union = set().union(*map(set, keys_per_rank))
+    if len(union) != sum(map(len, keys_per_rank)):
+        raise RuntimeError("ranks read overlapping training samples: the shards were not split by rank")
+    return [len(k) for k in keys_per_rank]
 
 
-class DDPWrap(nn.Module):
-    """The model itself in a world of one; DistributedDataParallel around it otherwise."""
-
-    def __init__(self, model: nn.Module, world: Dist) -> None:
-        super().__init__()
-        self.inner = nn.parallel.DistributedDataParallel(model) if world.world > 1 else model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x)
+def _rows(ctx: RunContext, part: Partition, ft: FinetuneConfig, env: DistEnv, acc: float, step: int, n_test: int,
+          test_per_rank: list[int], train_per_rank: list[int], history: list[float]) -> list[ResultRow]:
+    cfg = ctx.cfg
+    common = dict(task="finetune", split=part.name, modality="video", input=cfg.input_label("video"), metric="top1")
+    extra = {"epochs": ft.epochs, "steps": step, "test_samples": n_test, "finetune": asdict(ft),
+             "world_size": env.world_size, "test_samples_per_rank": test_per_rank}
+    if train_per_rank:  # empty when this invocation only tested (every epoch was already done)
+        extra["train_samples_per_rank"] = train_per_rank
+    rows = [ctx.row(protocol=f"finetune SGD, last epoch ({ft.epochs})", value=acc, extra=extra, **common)]
+    if history:
+        best = int(np.argmax(history))
+        rows.append(ctx.row(protocol=f"finetune SGD, best epoch on test {COMPARISON_ONLY}", value=history[best],
+                            extra={"epoch": best + 1, "per_epoch": history}, **common))
+    return rows
 
 
 def run_finetune(checkpoint: str, data_dir: Path, cfg: EvalConfig, out_dir: Path) -> Path:
     """Finetune on every partition (normally one: the split's train/test) and write the results.
 
-    Resumes automatically from ``out_dir/<partition>/checkpoints``. Returns results.json's path;
-    when ``max_epochs_this_run`` stopped the job early, results.json holds no rows yet.
+    Under torchrun every rank calls this; rank 0 writes. Resumes automatically from
+    ``out_dir/<partition>/checkpoints``. Returns results.json's path; when
+    ``max_epochs_this_run`` stopped the job early, results.json holds no rows yet.
     """
-    world = init_distributed()
+    env = setup_distributed(cfg.device)
+    try:
+        return _run(checkpoint, data_dir, replace(cfg, device=str(env.device)), out_dir, env)
+    finally:
+        shutdown(env)
+
+
+def _run(checkpoint: str, data_dir: Path, cfg: EvalConfig, out_dir: Path, env: DistEnv) -> Path:
     ft = FinetuneConfig.from_dict(cfg.finetune)
-    if ft.batch_size % world.world:
-        raise ValueError(f"finetune.batch_size {ft.batch_size} is not divisible by the world size {world.world}")
+    if ft.batch_size % env.world_size:
+        raise ValueError(f"finetune.batch_size {ft.batch_size} is not divisible by the world size {env.world_size}")
     started = time.perf_counter()
     ctx = open_run(checkpoint, data_dir, cfg)
     labels, classes = label_indices(ctx.manifest)
     rows: list[ResultRow] = []
     timing: dict[str, float] = {"train": 0.0, "test": 0.0}
     for part in ctx.partitions(("video",)):
-        part_rows, part_timing = finetune_partition(ctx, part, Path(out_dir) / part.name, ft, world, labels, len(classes))
+        part_rows, part_timing = finetune_partition(ctx, part, Path(out_dir) / part.name, ft, env, labels, len(classes))
         rows += part_rows
         for k, v in part_timing.items():
             timing[k] += v
     path = Path(out_dir) / "results.json"
     timing["total"] = time.perf_counter() - started
-    if world.main:
+    if env.is_main:
         path = finish_run(ctx, out_dir, "finetune", rows, timing)
-    world.barrier()
-    if world.world > 1:
-        dist.destroy_process_group()
+    env.barrier()
     return path

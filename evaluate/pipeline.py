@@ -15,9 +15,10 @@ import json
 import platform
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import yaml
@@ -100,9 +101,14 @@ def feature_set(clips: ClipFeatures, head: str, keys: list[str], manifest: dict[
 
 
 # ------------------------------------------------------------------------------ loader passes
+EpochClips = Callable[[int], ClipFeatures]  # online FC: the training clips' features of epoch e
+
+
 def extract_pass(encoders: Encoders, data_dir: Path, cfg: EvalConfig, pass_cfg: PassConfig,
-                 heads: dict[str, tuple[str, Pool]], *, thumbnails: bool = False) -> ClipFeatures:
-    """One pass of the DALI evaluation loader over the whole dataset, through the frozen encoders."""
+                 heads: dict[str, tuple[str, Pool]], *, thumbnails: bool = False,
+                 seed: int | None = None) -> ClipFeatures:
+    """One pass of the DALI evaluation loader over the whole dataset, through the frozen encoders
+    (loader seed ``seed``, default ``cfg.seed``)."""
     from crisscross.shards.loader import build_eval_loader
 
     modalities = tuple(sorted({m for m, _ in heads.values()}, key=["video", "audio"].index))
@@ -117,7 +123,7 @@ def extract_pass(encoders: Encoders, data_dir: Path, cfg: EvalConfig, pass_cfg: 
         modalities=modalities,
         batch_size=cfg.batch_size,
         device=cfg.device,
-        seed=cfg.seed,
+        seed=cfg.seed if seed is None else seed,
         **cfg.loader,
     )
     return extract_features(encoders, loader, heads, chunk=cfg.feature_chunk, thumbnails=thumbnails)
@@ -148,6 +154,8 @@ def open_run(checkpoint: str, data_dir: Path, cfg: EvalConfig) -> RunContext:
     data_dir = Path(data_dir)
     manifest = read_manifest(data_dir)
     encoders = load_encoders(checkpoint, model=cfg.model, seed=cfg.seed, device=cfg.device)
+    for message in cfg.resolve_input(encoders.input_spec, source=checkpoint):  # cfg now names every input value
+        warnings.warn(message, stacklevel=2)
     pretrain = cfg.pretrain or ("random" if checkpoint == "random" else _run_name(Path(checkpoint)))
     return RunContext(cfg, data_dir, encoders, manifest, cfg.dataset or _dataset_name(data_dir), pretrain,
                       _split_name(data_dir))
@@ -201,9 +209,10 @@ def _mean(values: list[float]) -> float:
 
 
 # ------------------------------------------------------------------------------ classifier rows
-def classify_rows(ctx: RunContext, train_clips: ClipFeatures, test_clips: ClipFeatures, head: str,
+def classify_rows(ctx: RunContext, train_clips: ClipFeatures | EpochClips, test_clips: ClipFeatures, head: str,
                   modality: str, task: str) -> tuple[list[ResultRow], float]:
-    """SVM (cost by CV on train) or linear FC on every partition, plus the across-fold mean."""
+    """SVM (cost by CV on train) or linear FC on every partition, plus the across-fold mean.
+    ``train_clips`` is a function of the epoch only for the online FC (see ``train_features``)."""
     cfg = ctx.cfg
     labels, classes = label_indices(ctx.manifest)
     parts = ctx.partitions(("video", "audio") if modality == "audio+video" else (modality,))
@@ -215,29 +224,21 @@ def classify_rows(ctx: RunContext, train_clips: ClipFeatures, test_clips: ClipFe
     else:
         input_label = cfg.input_label(modality)
     common = dict(task=task, modality=modality, input=input_label, metric="top1")
-    for part in parts:
+    if cfg.classifier == "fc":
+        rows, honest = _fc_rows(ctx, train_clips, test_clips, head, parts, labels, len(classes), common)
+    for part in parts if cfg.classifier == "svm" else []:
         train = feature_set(train_clips, head, part.train_keys, ctx.manifest, labels)
         test = feature_set(test_clips, head, part.test_keys, ctx.manifest, labels)
-        if cfg.classifier == "svm":
-            svm_cfg = SVMConfig.from_dict(cfg.svm)
-            res = linear_svm(train, test, svm_cfg, num_classes=len(classes))
-            protocol = f"LinearSVC one-vs-rest, C by {res.cv_folds}-fold grouped CV on train"
-            extra = {"cost": res.cost, "cv_accuracy": {str(c): a for c, a in res.cv_accuracy.items()},
-                     "unconverged_fits": res.unconverged_fits, "train_samples": len(train.keys),
-                     "test_samples": len(test.keys), "feature_dim": int(train.features.shape[2])}
-            rows.append(ctx.row(split=part.name, protocol=protocol, value=res.accuracy, extra=extra, **common))
-            rows.append(ctx.row(split=part.name, protocol=f"LinearSVC, best C on test {COMPARISON_ONLY}",
-                                value=res.best_test_accuracy, extra={"cost": res.best_cost_on_test}, **common))
-            honest.append(res.accuracy)
-            per_cost.append(res.test_accuracy_per_cost)
-        else:
-            from crisscross.evaluate.fc import FCConfig, linear_fc
-
-            res_fc = linear_fc(train, test, FCConfig.from_dict(cfg.fc), num_classes=len(classes))
-            protocol = "linear FC on frozen features, last epoch"
-            rows.append(ctx.row(split=part.name, protocol=protocol, value=res_fc.accuracy,
-                                extra={"epochs": res_fc.epochs, "train_samples": len(train.keys)}, **common))
-            honest.append(res_fc.accuracy)
+        res = linear_svm(train, test, SVMConfig.from_dict(cfg.svm), num_classes=len(classes))
+        protocol = f"LinearSVC one-vs-rest, C by {res.cv_folds}-fold grouped CV on train"
+        extra = {"cost": res.cost, "cv_accuracy": {str(c): a for c, a in res.cv_accuracy.items()},
+                 "unconverged_fits": res.unconverged_fits, "train_samples": len(train.keys),
+                 "test_samples": len(test.keys), "feature_dim": int(train.features.shape[2])}
+        rows.append(ctx.row(split=part.name, protocol=protocol, value=res.accuracy, extra=extra, **common))
+        rows.append(ctx.row(split=part.name, protocol=f"LinearSVC, best C on test {COMPARISON_ONLY}",
+                            value=res.best_test_accuracy, extra={"cost": res.best_cost_on_test}, **common))
+        honest.append(res.accuracy)
+        per_cost.append(res.test_accuracy_per_cost)
     if len(parts) > 1:
         rows.append(ctx.row(split="mean", protocol=rows[0].protocol, value=_mean(honest),
                             extra={"over": [p.name for p in parts]}, **common))
@@ -249,17 +250,70 @@ def classify_rows(ctx: RunContext, train_clips: ClipFeatures, test_clips: ClipFe
     return rows, time.perf_counter() - start
 
 
+def _fc_rows(ctx: RunContext, train_clips: ClipFeatures | EpochClips, test_clips: ClipFeatures, head: str,
+             parts: list[Partition], labels: dict[str, int], num_classes: int,
+             common: dict[str, Any]) -> tuple[list[ResultRow], list[float]]:
+    """Linear FC per partition. ``train_clips`` is one cached pass, or (online) a function giving
+    each epoch's fresh pass; every partition's layer takes its rows from the same epoch pass."""
+    from crisscross.evaluate.fc import FCConfig, FCTrainer
+
+    fc_cfg = FCConfig.from_dict(ctx.cfg.fc)
+    online = callable(train_clips)
+    trainers: dict[str, FCTrainer] = {}
+    for epoch in range(fc_cfg.epochs):
+        clips = train_clips(epoch) if online else train_clips
+        for part in parts:
+            train = feature_set(clips, head, part.train_keys, ctx.manifest, labels)
+            trainer = trainers.setdefault(part.name, FCTrainer(train, num_classes, fc_cfg))
+            trainer.fit_epoch(train)
+    if online:
+        protocol = "linear FC on the frozen backbone, fresh random clips every epoch, last epoch"
+    else:
+        protocol = "linear FC on cached features (one training pass), last epoch"
+    rows, honest = [], []
+    for part in parts:
+        test = feature_set(test_clips, head, part.test_keys, ctx.manifest, labels)
+        res = trainers[part.name].score(test)
+        extra = {"epochs": res.epochs, "features": fc_cfg.features, "train_samples": len(part.train_keys),
+                 "test_samples": len(test.keys), "feature_dim": int(test.features.shape[2]),
+                 "final_train_loss": res.final_train_loss}
+        rows.append(ctx.row(split=part.name, protocol=protocol, value=res.accuracy, extra=extra, **common))
+        honest.append(res.accuracy)
+    return rows, honest
+
+
+def train_features(ctx: RunContext, heads: dict[str, tuple[str, Pool]],
+                   combine: Callable[[ClipFeatures], ClipFeatures] = lambda clips: clips) -> ClipFeatures | EpochClips:
+    """The training pass, or for the online FC protocol a function giving epoch e's fresh pass
+    (loader seed ``seed + e``: new random clips and augmentations each epoch, epoch 0 = the cached pass)."""
+    cfg = ctx.cfg
+
+    def epoch_pass(epoch: int) -> ClipFeatures:
+        return combine(extract_pass(ctx.encoders, ctx.data_dir, cfg, cfg.train_pass, heads, seed=cfg.seed + epoch))
+
+    from crisscross.evaluate.fc import FCConfig
+
+    if cfg.classifier == "fc" and FCConfig.from_dict(cfg.fc).features == "online":
+        return epoch_pass
+    return epoch_pass(0)
+
+
+def pass_timing(name: str, clips: ClipFeatures | EpochClips) -> dict[str, float]:
+    """``{name: seconds}`` of a cached pass; {} for online passes (they run inside the classifier's time)."""
+    return {name: clips.seconds} if isinstance(clips, ClipFeatures) else {}
+
+
 # ------------------------------------------------------------------------------ evaluators
 def run_linear(checkpoint: str, data_dir: Path, cfg: EvalConfig, out_dir: Path) -> Path:
     """Linear evaluation of one modality's frozen features (appendix E.1)."""
     started = time.perf_counter()
     ctx = open_run(checkpoint, data_dir, cfg)
     heads = {cfg.modality: (cfg.modality, POOLINGS["linear"][cfg.modality])}
-    train_clips = extract_pass(ctx.encoders, ctx.data_dir, cfg, cfg.train_pass, heads)
+    train_clips = train_features(ctx, heads)
     test_clips = extract_pass(ctx.encoders, ctx.data_dir, cfg, cfg.test_pass, heads)
     rows, classifier_s = classify_rows(ctx, train_clips, test_clips, cfg.modality, cfg.modality, "linear")
-    timing = {"features_train": train_clips.seconds, "features_test": test_clips.seconds, "classifier": classifier_s,
-              "total": time.perf_counter() - started}
+    timing = {**pass_timing("features_train", train_clips), "features_test": test_clips.seconds,
+              "classifier": classifier_s, "total": time.perf_counter() - started}
     return finish_run(ctx, out_dir, "linear", rows, timing)
 
 

@@ -462,10 +462,13 @@ def build_eval_loader(
     num_threads: int = 2,
     fps: float = 16.0,
     sample_rate: int = 16000,
+    n_mels: int = 80,
+    n_fft: int = 1024,
+    hop: int = 160,
     logmel_mean: float = LogMel.mean,
     logmel_std: float = LogMel.std,
 ) -> EvalLoader:
-    """Evaluation loader: yields ``{"video": [B,K,3,T,crop,crop], "audio": [B,K,1,80,F], "key",
+    """Evaluation loader: yields ``{"video": [B,K,3,T,crop,crop], "audio": [B,K,1,n_mels,F], "key",
     "label", "label_index"}`` (a modality absent when not requested). ``augment="linear"`` applies
     the linear-evaluation augmentations (Tables S3/S4: no blur; audio with time warp)."""
     unknown = set(modalities) - {"video", "audio"}
@@ -486,7 +489,7 @@ def build_eval_loader(
         audio="audio" in modalities,
         video_aug=video_aug,
         audio_aug=audio_aug,
-        mel=LogMel(sample_rate, mean=logmel_mean, std=logmel_std),
+        mel=LogMel(sample_rate, n_fft, hop, n_mels, mean=logmel_mean, std=logmel_std),
     )
     shards = find_shards(shards_dir)
     shards.check_rates(fps, sample_rate)

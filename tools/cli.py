@@ -28,6 +28,7 @@ COMMAND_MODULES: dict[str, str] = {
     "bench": "crisscross.tools.cmd_bench",
     "demo": "crisscross.tools.cmd_demo",
     "demo-data": "crisscross.tools.demo_data",
+    "weights": "crisscross.tools.cmd_weights",
 }
 
 # Exceptions that mean "the input or the config is wrong", reported in one line with exit code 2.

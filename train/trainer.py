@@ -505,7 +505,7 @@ def finish(config: dict[str, Any], setup: Setup, env: DistEnv, status: str, step
         summary["loss_curve"] = str(plot_loss_curve(run_dir))
         if config["run"]["export"]:
             summary["export"] = str(save_backbones(run_dir / "export", setup.raw.video.encoder,
-                                                   setup.raw.audio.encoder, config["model"]))
+                                                   setup.raw.audio.encoder, config["model"], train_config=config))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
