@@ -40,7 +40,7 @@ class PassConfig:
 
 @dataclass
 class EvalConfig:
-    dataset: str = ""  # name used in results rows; default: the shards dir's name
+    dataset: str = ""  # name used in results rows; default: the dataset the shards hold (evaluate.report.dataset_from_shards)
     pretrain: str = ""  # report column; default: "random" for --checkpoint random, else the checkpoint's name
     modality: str = "audio"  # linear: which encoder's features (fusion uses both)
     # The input. None (unset): the encoder's own, from its backbones.json "input" (what it was
@@ -68,16 +68,25 @@ class EvalConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.train_pass, dict):
-            self.train_pass = PassConfig(**self.train_pass)
-        if isinstance(self.test_pass, dict):
-            self.test_pass = PassConfig(**self.test_pass)
+        for name in ("train_pass", "test_pass"):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                unknown = sorted(set(value) - {f.name for f in fields(PassConfig)})
+                if unknown:
+                    raise ValueError(f"unknown {name} keys {unknown}; known: {[f.name for f in fields(PassConfig)]}")
+                setattr(self, name, PassConfig(**value))
         if self.modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
         if self.splits not in SPLIT_MODES:
             raise ValueError(f"splits must be one of {SPLIT_MODES}, got {self.splits!r}")
         if self.classifier not in CLASSIFIERS:
             raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {self.classifier!r}")
+        unknown = sorted(set(self.retrieval) - {"directions", "ks"})
+        if unknown:  # e.g. retrieval.k=[1] for ks: refused instead of silently using the default ks
+            raise ValueError(f"unknown retrieval keys {unknown}; known: ['directions', 'ks']")
+        ks = self.retrieval.get("ks", [])
+        if not isinstance(ks, list) or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks):
+            raise ValueError(f"retrieval.ks must be a list of positive integers, got {ks!r}")
         bad = set(self.retrieval.get("directions", [])) - set(RETRIEVAL_DIRECTIONS)
         if bad:
             raise ValueError(f"unknown retrieval directions {sorted(bad)}; known: {RETRIEVAL_DIRECTIONS}")

@@ -180,12 +180,9 @@ def _run_name(checkpoint: Path) -> str:
 
 
 def _dataset_name(data_dir: Path) -> str:
-    info = data_dir / "dataset.json"
-    if info.exists():
-        name = json.loads(info.read_text(encoding="utf-8")).get("name")
-        if name:
-            return str(name)
-    return data_dir.resolve().name
+    from crisscross.evaluate.report import dataset_from_shards
+
+    return dataset_from_shards(data_dir)
 
 
 def finish_run(ctx: RunContext, out_dir: Path, task: str, rows: list[ResultRow], timing: dict[str, float]) -> Path:

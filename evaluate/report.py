@@ -33,6 +33,36 @@ PAPER_NAMES = {
 }
 
 
+# Dataset layouts (dataset.json build.adapter) whose results belong in the paper tables, and the
+# dataset each one is, told apart by its number of classes where one layout serves two datasets.
+_LAYOUT_DATASETS = {
+    "hmdb51": {None: "hmdb51"},
+    "ucf101": {None: "ucf101"},
+    "dcase": {None: "dcase"},
+    "esc50": {50: "esc50", 10: "esc10", None: "esc50-subset"},
+    "esc10": {None: "esc10"},
+    "kinetics": {400: "kinetics400", None: "kinetics"},
+}
+
+
+def dataset_from_shards(data_dir: Path) -> str:
+    """The dataset a shard folder holds, for result rows and the paper tables: the layout it was
+    built from (dataset.json build.adapter; ESC-10 and ESC-50 share a layout and are told apart by
+    their 10 or 50 classes), else dataset.json's name, else the folder's name. Never a preset's
+    guess: an ESC-10 result must not land in the ESC50 row."""
+    info = Path(data_dir) / "dataset.json"
+    if info.exists():
+        dataset = json.loads(info.read_text(encoding="utf-8"))
+        adapter = str((dataset.get("build") or {}).get("adapter") or "")
+        by_classes = _LAYOUT_DATASETS.get(adapter)
+        if by_classes:
+            classes = len(dataset.get("labels") or [])
+            return by_classes.get(classes, by_classes[None])
+        if dataset.get("name"):
+            return str(dataset["name"])
+    return Path(data_dir).resolve().name
+
+
 @dataclass
 class ResultRow:
     task: str  # linear | retrieval | finetune | fusion

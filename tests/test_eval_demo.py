@@ -70,8 +70,9 @@ def test_fusion_concatenates_both_modalities_and_scores_with_the_svm(demo_shards
     payload = json.loads(run_fusion("random", demo_shards, cfg, tmp_path / "fusion").read_text())
     honest = [r for r in payload["rows"] if "comparison only" not in r["protocol"]]
     assert len(honest) == 1 and honest[0]["task"] == "fusion" and honest[0]["modality"] == "audio+video"
-    # tiny model: video map [64, 1, 2, 2] pooled (1,2,2) -> 64; audio map [64, 3, 7] pooled (1,4) -> 64 * 3 * 1
-    assert honest[0]["extra"]["feature_dim"] == 64 + 64 * 3
+    # tiny model: video map [64, 1, 2, 2] pooled (1,2,2) -> 64; audio map [64, 3, 7] pooled (1,4) in
+    # ceil mode -> 64 * 3 * 2 (time windows 0-3 and 4-6: every column reaches the feature)
+    assert honest[0]["extra"]["feature_dim"] == 64 + 64 * 3 * 2
     assert 0.0 <= honest[0]["value"] <= 1.0 and honest[0]["extra"]["test_samples"] == 4
 
 

@@ -8,7 +8,7 @@ tensor of that map's shape, one peak per map position.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,11 @@ import torch
 
 from crisscross.evaluate.config import load_config, preset_names
 from crisscross.evaluate.features import POOLINGS, max_pool
-from crisscross.train.models import ModelConfig, build_audio_encoder, build_video_encoder
+from crisscross.train.models import (
+    ModelConfig,
+    build_audio_encoder,
+    build_video_encoder,
+)
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "evaluate.md"
 ROW = re.compile(r"^\| (video (?P<frames>\d+)x(?P<crop>\d+)\^2|audio (?P<seconds>[\d.]+) s) \| (?P<map>[\dx]+) \| "
@@ -24,7 +28,7 @@ ROW = re.compile(r"^\| (video (?P<frames>\d+)x(?P<crop>\d+)\^2|audio (?P<seconds
 HOP_PER_SECOND = 100  # 16 kHz, hop 160
 
 
-@lru_cache(maxsize=None)
+@cache
 def _encoders() -> tuple[torch.nn.Module, torch.nn.Module]:
     cfg = ModelConfig()
     return build_video_encoder(cfg).to("meta").eval(), build_audio_encoder(cfg).to("meta").eval()
@@ -57,7 +61,7 @@ def _input_key(modality: str, cfg) -> tuple:
 def assert_every_position_counts(pool, shape: tuple[int, ...]) -> None:
     """A peak above a random background at each map position changes the pooled feature."""
     gen = torch.Generator().manual_seed(0)
-    channels, *spatial = shape
+    _, *spatial = shape
     positions = list(torch.cartesian_prod(*[torch.arange(n) for n in spatial]).reshape(-1, len(spatial)))
     background = torch.rand((1, 2, *spatial), generator=gen)  # 2 channels: pooling is per channel
     base = pool(background)
@@ -115,7 +119,7 @@ def test_each_eval_preset_pools_its_full_size_map_completely(preset):
 
 def test_paper_kernel_without_ceil_mode_would_miss_positions():
     """The check above can fail: the pre-issue-9 pooling (no partial window) misses rows 4-6."""
-    plain = lambda fmap: torch.nn.functional.max_pool3d(fmap, (1, 4, 4), (1, 4, 4)).flatten(1)  # noqa: E731
+    plain = lambda fmap: torch.nn.functional.max_pool3d(fmap, (1, 4, 4), (1, 4, 4)).flatten(1)
     with pytest.raises(AssertionError, match="never reach the feature"):
         assert_every_position_counts(plain, (512, 1, 7, 7))
     assert_every_position_counts(max_pool((1, 4, 4)), (512, 1, 7, 7))

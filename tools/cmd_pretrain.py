@@ -25,22 +25,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    from crisscross.tools.preflight import check_pretrain, validate_data_section
     from crisscross.train.config import resolve_config
 
-    try:
-        config = resolve_config(args.config, args.overrides)
-    except (ValueError, FileNotFoundError) as exc:  # a bad preset, key or value: say which, no traceback
-        print(f"crisscross pretrain: error: {exc}", file=sys.stderr)
-        return 2
+    # a bad preset, key or value raises ValueError/FileNotFoundError: one line, exit 2 (tools/cli.py)
+    config = resolve_config(args.config, args.overrides)
+    validate_data_section(config)
     if args.print_config:
         import yaml
         print(yaml.safe_dump(config, sort_keys=False))
         return 0
+    check_pretrain(config, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     from crisscross.train.trainer import NonFiniteLossError, train
 
     try:
         summary = train(config, resume=args.resume)
-    except (FileExistsError, NonFiniteLossError) as exc:
+    except NonFiniteLossError as exc:  # not a user error: the run diverged
         print(f"crisscross pretrain: error: {exc}", file=sys.stderr)
         return 3
     if _is_main():

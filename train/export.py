@@ -1,15 +1,19 @@
 """Export of the pretrained backbones for the evaluators (interfaces.md item 6).
 
 An export directory holds ``video.safetensors`` and ``audio.safetensors`` (the encoders' state
-dicts, BatchNorm running statistics included) and ``backbones.json`` (the model config and the
-format version). ``load_backbones`` accepts such a directory or a trainer checkpoint file.
+dicts, BatchNorm running statistics included) and ``backbones.json`` (the model config, the
+format version and, from format 2, ``input``: the input the encoders were trained on, i.e. the
+video geometry and the audio front end, which the evaluators reproduce). ``load_backbones``
+accepts such a directory or a trainer checkpoint file; ``load_encoder_input`` reads ``input``
+from either (None for a format-1 export, which predates the field).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from safetensors.torch import load_file, save
@@ -19,7 +23,37 @@ from crisscross.shards.atomic import atomic_write
 from crisscross.train.checkpoint import load_checkpoint
 from crisscross.train.models import ModelConfig, build_audio_encoder, build_video_encoder
 
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2  # 2: backbones.json has "input"; format 1 (no "input") is still read
+
+# The encoder's input, as the training data config (crisscross.shards.loader.LoaderConfig) names it
+VIDEO_INPUT_KEYS = ("frames", "frame_stride", "crop", "fps")
+AUDIO_INPUT_KEYS = ("audio_seconds", "sample_rate", "n_mels", "n_fft", "hop", "logmel_mean", "logmel_std")
+
+
+def default_encoder_input() -> dict[str, dict[str, Any]]:
+    """The data config's defaults (what a run that sets none of these keys trains on)."""
+    from crisscross.shards.loader import LoaderConfig
+
+    defaults = {f.name: f.default for f in fields(LoaderConfig)}
+    return {"video": {k: defaults[k] for k in VIDEO_INPUT_KEYS}, "audio": {k: defaults[k] for k in AUDIO_INPUT_KEYS}}
+
+
+def encoder_input(train_config: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """``{"video": {...}, "audio": {...}}``: the input of a training config (its ``data`` section,
+    or its ``synthetic`` section for ``run.loader: synthetic``), the data defaults filling the rest."""
+    spec = default_encoder_input()
+    config = dict(train_config or {})
+    if (config.get("run") or {}).get("loader") == "synthetic":
+        synthetic = config.get("synthetic") or {}
+        audio = spec["audio"]
+        values = {"frames": synthetic.get("frames"), "crop": synthetic.get("crop"), "n_mels": synthetic.get("mel_bins")}
+        if synthetic.get("audio_frames") is not None:
+            values["audio_seconds"] = float(synthetic["audio_frames"]) * audio["hop"] / audio["sample_rate"]
+    else:
+        values = dict(config.get("data") or {})
+    for part in spec.values():
+        part.update({k: values[k] for k in part if values.get(k) is not None})
+    return spec
 
 
 def _save_safetensors(module: nn.Module, path: Path) -> None:
@@ -28,15 +62,20 @@ def _save_safetensors(module: nn.Module, path: Path) -> None:
 
 
 def save_backbones(out_dir: str | Path, video_encoder: nn.Module, audio_encoder: nn.Module,
-                   model_cfg: ModelConfig | dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+                   model_cfg: ModelConfig | dict[str, Any], extra: dict[str, Any] | None = None, *,
+                   train_config: Mapping[str, Any] | None = None,
+                   input_spec: dict[str, dict[str, Any]] | None = None) -> Path:
     """``extra``: further backbones.json fields (weights import: ``source`` and the release's
-    ``frontend``, docs/weights.md); they may not replace the fields written here."""
+    ``frontend``, docs/weights.md); they may not replace the fields written here.
+    ``input`` is ``input_spec`` if given (imported weights: the release's front end), else the
+    input of ``train_config`` (the run's resolved config), else the data defaults."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _save_safetensors(video_encoder, out / "video.safetensors")
     _save_safetensors(audio_encoder, out / "audio.safetensors")
     meta = {"format": EXPORT_FORMAT, "model": ModelConfig.from_dict(model_cfg).to_dict(),
-            "video_out_dim": int(video_encoder.out_dim), "audio_out_dim": int(audio_encoder.out_dim)}
+            "video_out_dim": int(video_encoder.out_dim), "audio_out_dim": int(audio_encoder.out_dim),
+            "input": _checked_input(input_spec) if input_spec is not None else encoder_input(train_config)}
     clash = sorted(set(extra or {}) & set(meta))
     if clash:
         raise ValueError(f"save_backbones: extra fields {clash} would replace the export's own fields")
@@ -71,3 +110,26 @@ def load_backbones(path: str | Path, device: str | torch.device = "cpu") -> tupl
 
 def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _checked_input(spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """An ``input`` with exactly the known keys per modality (a typo must not reach the evaluators)."""
+    known = {"video": VIDEO_INPUT_KEYS, "audio": AUDIO_INPUT_KEYS}
+    if set(spec) != set(known):
+        raise ValueError(f"input spec needs exactly the sections {sorted(known)}, got {sorted(spec)}")
+    for section, keys in known.items():
+        if set(spec[section]) != set(keys):
+            raise ValueError(f"input.{section} needs exactly {sorted(keys)}, got {sorted(spec[section])}")
+    return {section: dict(spec[section]) for section in known}
+
+
+def load_encoder_input(path: str | Path) -> dict[str, dict[str, Any]] | None:
+    """The ``input`` of an export directory (None for a format-1 export without it) or of a
+    trainer checkpoint file (from the run's config inside it)."""
+    path = Path(path)
+    if path.is_dir():
+        spec = json.loads((path / "backbones.json").read_text()).get("input")
+        return _checked_input(spec) if spec is not None else None
+    if path.is_file():
+        return encoder_input(load_checkpoint(path).get("config"))
+    raise FileNotFoundError(f"no export directory or checkpoint at {path}")

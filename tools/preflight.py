@@ -1,0 +1,232 @@
+"""Checks before work: does the shard dataset hold what the command needs?
+
+``crisscross pretrain`` and ``crisscross eval ...`` call these before any DALI pipeline, model or
+feature pass starts, so that a wrong dataset, a missing modality, too few samples for a batch, a
+label-less manifest or a finetuning schedule of zero steps is refused in a second with a message
+that says what the data holds and what the command needs, instead of a DALI assertion ("input
+samples: 0") or a traceback after minutes of feature extraction.
+
+Only ``dataset.json`` and ``manifest.parquet`` are read (pyarrow); nothing here imports DALI.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crisscross.errors import UserError
+
+AUDIO_FORMATS = ("pcm", "flac")  # what shards/pipelines.py reads
+LETTERS = {"video": "v", "audio": "a"}
+
+
+@dataclass
+class DatasetFacts:
+    """What a shard dataset holds, from its dataset.json and manifest.parquet."""
+
+    path: Path
+    build: dict[str, Any] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # manifest rows ([] without a manifest)
+    has_manifest: bool = False
+
+    @property
+    def audio_format(self) -> str:
+        return str(self.build.get("audio_format", "pcm"))
+
+    def modality_counts(self) -> Counter:
+        return Counter(str(r.get("modalities") or "av") for r in self.rows)
+
+    def count_with(self, needs: tuple[str, ...]) -> int:
+        """Samples holding every modality in ``needs``."""
+        return sum(all(LETTERS[m] in str(r.get("modalities") or "av") for m in needs) for r in self.rows)
+
+    def describe(self) -> str:
+        """e.g. "120 samples (av 100, audio-only 20); 10 labels; splits none; folds 1-5"."""
+        names = {"av": "video+audio", "v": "video-only", "a": "audio-only"}
+        mods = ", ".join(f"{names.get(k, k)} {n}" for k, n in sorted(self.modality_counts().items()))
+        labels = {str(r.get("label") or "") for r in self.rows} - {"", "None"}
+        splits = sorted({str(r.get("split")) for r in self.rows})
+        folds = sorted({int(r.get("fold", -1)) for r in self.rows} - {-1})
+        text = f"{len(self.rows)} samples ({mods or 'none'}); {len(labels)} labels; splits {'/'.join(splits) or '-'}"
+        return text + (f"; folds {folds}" if folds else "")
+
+
+def read_facts(data_dir: str | Path, *, need_manifest: bool) -> DatasetFacts:
+    """Read a dataset's facts; refuse a missing folder, an unfinished build or an unreadable format."""
+    path = Path(data_dir)
+    if not path.is_dir():
+        raise UserError(f"shard dataset {path} does not exist (build one with `crisscross shards build INPUT --out {path}`)")
+    info = path / "dataset.json"
+    if not info.exists() and (path / "_plan.json").exists():
+        raise UserError(f"{path} is an unfinished build (no dataset.json): rerun the same `crisscross shards build` "
+                        "command to complete it, or `crisscross shards merge` after a job array")
+    dataset = json.loads(info.read_text(encoding="utf-8")) if info.exists() else {}
+    facts = DatasetFacts(path, dict(dataset.get("build") or {}))
+    manifest = path / "manifest.parquet"
+    if manifest.exists():
+        import pyarrow.parquet as pq
+
+        facts.rows = pq.read_table(manifest).to_pylist()
+        facts.has_manifest = True
+    elif need_manifest:
+        raise UserError(f"{manifest} missing: is {path} a shard dataset built by `crisscross shards build`?")
+    if facts.audio_format not in AUDIO_FORMATS:
+        raise UserError(f"{path} holds audio as {facts.audio_format!r}; the loaders read {AUDIO_FORMATS}")
+    return facts
+
+
+# ----------------------------------------------------------------------------- pretraining
+def check_pretrain(config: dict[str, Any], world_size: int) -> None:
+    """Pretraining reads video, audio and index of every sample (samples lacking one are skipped,
+    or stop the run with data.missing_components=error) and needs one full batch per rank."""
+    if config["run"]["loader"] != "dali":
+        return
+    data = config["data"]
+    facts = read_facts(data["shards"], need_manifest=False)
+    if not facts.has_manifest:  # a hand-made folder of tars: the loader's own checks apply
+        return
+    usable = facts.count_with(("video", "audio"))
+    if usable == 0:
+        raise UserError(f"{facts.path} holds {facts.describe()}; pretraining needs samples with both video and audio "
+                        "(the training loader reads both streams of every sample): rebuild from sources with both streams "
+                        "(`shards build --require av` keeps only those)")
+    if data.get("missing_components", "skip") == "error" and usable < len(facts.rows):
+        raise UserError(f"{facts.path} holds {facts.describe()}, and data.missing_components=error stops at the first "
+                        "sample lacking video or audio: set data.missing_components=skip to train on the "
+                        f"{usable} video+audio samples")
+    global_batch = int(config["optim"]["batch_size"])
+    per_rank = global_batch // max(world_size, 1)
+    if usable // world_size < per_rank:
+        raise UserError(f"{facts.path} holds {usable} video+audio samples: {usable // world_size} per rank over "
+                        f"{world_size} rank(s), fewer than one batch of {per_rank} per rank "
+                        f"(optim.batch_size={global_batch}): lower optim.batch_size or use more data")
+
+
+def validate_data_section(config: dict[str, Any]) -> None:
+    """The ``data`` keys belong to the shard loader: check names and values now (also for
+    ``--print-config``), not when the trainer builds the loader."""
+    if config["run"]["loader"] != "dali":
+        return
+    from crisscross.shards.loader import LoaderConfig
+
+    values = dict(config["data"])
+    values.setdefault("shards", "")
+    if not values["shards"]:
+        values["shards"] = "<unset>"  # validated without it; the trainer refuses a missing one
+    LoaderConfig.from_dict(values)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def eval_needs(evaluator: str, cfg: Any) -> tuple[str, ...]:
+    """Modalities each sample must hold for an evaluator and config."""
+    if evaluator == "fusion":
+        return ("video", "audio")
+    if evaluator == "finetune":
+        return ("video",)
+    if evaluator == "retrieval":
+        used = {m for d in cfg.retrieval.get("directions", []) for m in d.split("->")}
+        return tuple(m for m in ("video", "audio") if m in used)
+    return (cfg.modality,)
+
+
+def check_eval(evaluator: str, checkpoint: str, data_dir: str | Path, cfg: Any) -> None:
+    """Everything an evaluator would find out late: the checkpoint, the dataset, the modalities,
+    labels, splits or folds, the classifier options and (finetune) a non-empty schedule."""
+    if checkpoint != "random" and not Path(checkpoint).exists():
+        raise UserError(f"checkpoint not found: {checkpoint} (an export dir, a trainer checkpoint file, or 'random')")
+    facts = read_facts(data_dir, need_manifest=True)
+    if not facts.rows:
+        raise UserError(f"{facts.path}/manifest.parquet lists no samples")
+    needs = eval_needs(evaluator, cfg)
+    if not needs:
+        raise UserError("retrieval.directions is empty: nothing to evaluate")
+    _check_options(evaluator, cfg)
+    holding = facts.count_with(needs)
+    what = "+".join(needs)
+    if holding == 0:
+        other = "audio" if needs == ("video",) else "video"
+        hint = (f" (--set modality={other}: {facts.count_with((other,))} samples hold {other})"
+                if evaluator == "linear" and facts.count_with((other,)) else "")
+        raise UserError(f"{facts.path} holds {facts.describe()}; eval {evaluator} needs samples with {what}{hint}")
+    labelled = [r for r in facts.rows if str(r.get("label") or "") not in ("", "None") or int(r.get("label_index", -1)) >= 0]
+    if not labelled:
+        raise UserError(f"{facts.path} has no labels ({facts.describe()}): eval {evaluator} needs labelled samples; "
+                        "build the shards from a dataset layout (--format) or a manifest with a label column")
+    parts = _partitions(facts, cfg, needs)
+    if evaluator in ("linear", "fusion", "finetune"):
+        label_of = {str(r["key"]): _label(r) for r in facts.rows}
+        for part in parts:
+            classes = {label_of[k] for k in part.train_keys}
+            if len(classes) < 2:
+                raise UserError(f"partition {part.name}: the training side holds {len(classes)} class(es) "
+                                f"({len(part.train_keys)} samples); a classifier needs at least 2")
+    if evaluator == "finetune":
+        check_finetune_steps(cfg, parts)
+
+
+def _label(row: dict[str, Any]) -> str:
+    return str(row.get("label_index")) if int(row.get("label_index", -1)) >= 0 else str(row.get("label"))
+
+
+def _partitions(facts: DatasetFacts, cfg: Any, needs: tuple[str, ...]) -> list:
+    """The evaluator's own train/test partitions (evaluate/pipeline.py), checked for emptiness."""
+    from crisscross.evaluate.features import read_manifest
+    from crisscross.evaluate.pipeline import _split_name, partitions
+
+    try:
+        parts = partitions(read_manifest(facts.path), cfg, _split_name(facts.path), needs)
+    except ValueError as exc:
+        raise UserError(f"{exc} ({facts.path} holds {facts.describe()})") from exc
+    for part in parts:
+        if not part.train_keys or not part.test_keys:
+            raise UserError(f"partition {part.name} has {len(part.train_keys)} training and {len(part.test_keys)} "
+                            f"test samples with {'+'.join(needs)} and a label; both must be non-empty "
+                            f"({facts.path} holds {facts.describe()})")
+    return parts
+
+
+def _check_options(evaluator: str, cfg: Any) -> None:
+    """Classifier and finetuning options are parsed late by their stage: parse them now."""
+    if evaluator in ("linear", "fusion"):
+        if cfg.classifier == "svm":
+            from crisscross.evaluate.linear import SVMConfig
+
+            SVMConfig.from_dict(cfg.svm)
+        else:
+            from crisscross.evaluate.fc import FCConfig
+
+            FCConfig.from_dict(cfg.fc)
+    if cfg.loader:
+        import inspect
+
+        from crisscross.shards.loader import build_eval_loader
+
+        known = set(inspect.signature(build_eval_loader).parameters) - {"shards_dir"}
+        unknown = sorted(set(cfg.loader) - known)
+        if unknown:
+            raise UserError(f"unknown eval loader options {unknown}; known: {sorted(known)}")
+
+
+def finetune_steps_per_epoch(train_samples: int, clips_per_sample: int, batch_size: int) -> int:
+    """Optimizer steps of one finetuning epoch: every training clip once, in full batches
+    (evaluate/finetune.py ``shuffled_batches`` drops the last partial batch)."""
+    return (train_samples * clips_per_sample) // batch_size
+
+
+def check_finetune_steps(cfg: Any, parts: list) -> None:
+    """Refuse a finetuning run that would take zero optimizer steps (it would report the
+    untrained head's accuracy as a result)."""
+    from crisscross.evaluate.finetune import FinetuneConfig
+
+    ft = FinetuneConfig.from_dict(cfg.finetune)
+    if ft.epochs < 1:
+        raise UserError(f"finetune.epochs={ft.epochs}: finetuning needs at least one epoch")
+    for part in parts:
+        steps = finetune_steps_per_epoch(len(part.train_keys), ft.clips_per_sample, ft.batch_size)
+        if steps == 0:
+            raise UserError(f"finetune would take 0 optimizer steps on {part.name}: {len(part.train_keys)} training "
+                            f"samples x finetune.clips_per_sample={ft.clips_per_sample} clips < "
+                            f"finetune.batch_size={ft.batch_size}; lower finetune.batch_size or use more data")
