@@ -64,7 +64,7 @@ class EvalConfig:
     # extra build_eval_loader keyword arguments; the front end (FRONT_END_KEYS) left out here is
     # filled from the encoder's backbones.json "input" when the run opens
     loader: dict[str, Any] = field(default_factory=dict)
-    device: str = "cpu"
+    device: str = "auto"  # auto: CUDA when present, else the CPU (crisscross.train.distributed.resolve_device)
     seed: int = 0
 
     def __post_init__(self) -> None:

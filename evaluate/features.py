@@ -114,8 +114,11 @@ EXPORT_FILES = ("video.safetensors", "audio.safetensors", "backbones.json")
 
 def load_encoders(checkpoint: str, *, model: Any = None, seed: int = 0, device: str = "cpu") -> Encoders:
     """``checkpoint`` is an export dir, a trainer checkpoint file, or ``random`` (then ``model``
-    gives the architecture and ``seed`` the initialisation)."""
+    gives the architecture and ``seed`` the initialisation). ``device``: auto, cpu, cuda, cuda:N."""
+    from crisscross.train.distributed import resolve_device
     from crisscross.train.models import build_audio_encoder, build_video_encoder
+
+    device = str(resolve_device(device))
 
     if checkpoint == "random":
         cfg = model_config(model)

@@ -397,15 +397,33 @@ def build_train_loader(
 # ----------------------------------------------------------------------------- evaluation
 
 
-class EvalLoader:
-    """Every sample exactly once, in shard order, K clips each; labels from the manifest."""
+def rank_part(num_samples: int, rank: int, world_size: int) -> tuple[int, int]:
+    """[start, end) of the samples (in shard order) that rank ``rank`` of ``world_size`` reads: DALI's
+    reader sharding (``shard_id``/``num_shards``), the same split as the training loader's."""
+    return num_samples * rank // world_size, num_samples * (rank + 1) // world_size
 
-    def __init__(self, spec: EvalGraphSpec, shards: ShardSet, *, batch_size: int, device: str, seed: int, num_threads: int):
+
+class EvalLoader:
+    """One rank's part of the dataset (all of it in a world of one), every sample of it exactly
+    once, K clips each; labels from the manifest.
+
+    Rank r of W reads the samples ``rank_part(N, r, W)`` of the shard order: the parts are disjoint
+    and together cover the dataset, so W ranks decode it once between them. ``shuffle`` mixes the
+    part's order in a buffer of ``shuffle_buffer`` samples, seeded (same seed, same order)."""
+
+    def __init__(self, spec: EvalGraphSpec, shards: ShardSet, *, batch_size: int, device: str, seed: int, num_threads: int,
+                 rank: int = 0, world_size: int = 1, shuffle: bool = False, shuffle_buffer: int = 256):
+        from crisscross.train.distributed import resolve_device
+
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world of size {world_size}")
         self.spec, self.shards, self.batch_size = spec, shards, batch_size
-        self.device = torch.device(device)
+        self.rank, self.world_size = rank, world_size
+        self.device = resolve_device(device)  # cuda -> this process's GPU (LOCAL_RANK), never a guessed cuda:0
         dali_device = "gpu" if self.device.type == "cuda" else "cpu"
-        device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if dali_device == "gpu" else None
-        reader = ReaderSpec(paths=shards.tars, index_paths=shards.indexes, shuffle=False, audio_format=shards.audio_format)
+        device_id = self.device.index if dali_device == "gpu" else None
+        reader = ReaderSpec(paths=shards.tars, index_paths=shards.indexes, shard_id=rank, num_shards=world_size,
+                            shuffle=shuffle, shuffle_buffer=shuffle_buffer, audio_format=shards.audio_format)
 
         def graph():
             return eval_graph(spec, reader, dali_device)
@@ -414,7 +432,11 @@ class EvalLoader:
             self._pipe = build_pipeline(graph, device=dali_device, batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed)
         except RuntimeError as exc:
             raise ShardError(f"cannot open shards {list(shards.tars)}: {exc}") from exc
-        self.num_samples = int(self._pipe.reader_meta(READER_NAME)["epoch_size"])
+        self.total_samples = int(self._pipe.reader_meta(READER_NAME)["epoch_size"])
+        start, end = rank_part(self.total_samples, rank, world_size)
+        self.num_samples = end - start  # this rank's; the reader pads its last batch with repeats
+        if self.num_samples == 0:
+            raise ValueError(f"{self.total_samples} samples cannot be split over {world_size} ranks (rank {rank} gets none)")
 
     def __len__(self) -> int:
         return -(-self.num_samples // self.batch_size)
@@ -458,6 +480,10 @@ def build_eval_loader(
     batch_size: int = 8,
     device: str = "cpu",
     seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    shuffle: bool = False,
+    shuffle_buffer: int = 256,
     frame_stride: int = 1,
     num_threads: int = 2,
     fps: float = 16.0,
@@ -470,7 +496,9 @@ def build_eval_loader(
 ) -> EvalLoader:
     """Evaluation loader: yields ``{"video": [B,K,3,T,crop,crop], "audio": [B,K,1,n_mels,F], "key",
     "label", "label_index"}`` (a modality absent when not requested). ``augment="linear"`` applies
-    the linear-evaluation augmentations (Tables S3/S4: no blur; audio with time warp)."""
+    the linear-evaluation augmentations (Tables S3/S4: no blur; audio with time warp). Rank ``rank``
+    of ``world_size`` reads its own 1/W of the samples (``rank_part``); ``device`` goes through
+    ``crisscross.train.distributed.resolve_device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``)."""
     unknown = set(modalities) - {"video", "audio"}
     if unknown or not modalities:
         raise ValueError(f"modalities must be a non-empty subset of ('video', 'audio'), got {modalities}")
@@ -493,5 +521,6 @@ def build_eval_loader(
     )
     shards = find_shards(shards_dir)
     shards.check_rates(fps, sample_rate)
-    return EvalLoader(spec, shards, batch_size=batch_size, device=device, seed=seed, num_threads=num_threads)
+    return EvalLoader(spec, shards, batch_size=batch_size, device=device, seed=seed, num_threads=num_threads,
+                      rank=rank, world_size=world_size, shuffle=shuffle, shuffle_buffer=shuffle_buffer)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import signal
 import time
@@ -24,10 +23,18 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from crisscross.train.checkpoint import find_latest, list_checkpoints, load_checkpoint, save_checkpoint
 from crisscross.train.config import save_config
+from crisscross.train.distributed import (
+    DistEnv,
+    all_ranks_max,
+    gather_objects,
+    reduce_mean,
+    setup_distributed,
+    shutdown,
+    wrap_ddp,
+)
 from crisscross.train.export import save_backbones
 from crisscross.train.models import CrissCrossModel, ModelConfig
 from crisscross.train.objective import CrissCrossObjective, ObjectiveConfig, collapse_std
@@ -40,62 +47,6 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; nothing was saved after the last good checkpoint."""
-
-
-# ------------------------------------------------------------------------------- distributed
-@dataclass
-class DistEnv:
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-    control: Any = None  # a gloo group for small CPU messages (stop flags, loader states)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def setup_distributed(run_cfg: dict[str, Any]) -> DistEnv:
-    """Join the process group started by torchrun (if any): NCCL on GPUs, gloo on CPUs."""
-    if run_cfg["num_threads"]:
-        torch.set_num_threads(int(run_cfg["num_threads"]))
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    wants_cuda = run_cfg["device"] == "cuda" or (run_cfg["device"] == "auto" and torch.cuda.is_available())
-    if wants_cuda and not torch.cuda.is_available():
-        raise RuntimeError("run.device=cuda but no CUDA device is visible")
-    device = torch.device(f"cuda:{local_rank}") if wants_cuda else torch.device("cpu")
-    if wants_cuda:
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest conv3d
-        torch.set_float32_matmul_precision("high")
-    env = DistEnv(rank, world_size, local_rank, device)
-    if world_size > 1:
-        dist.init_process_group("nccl" if wants_cuda else "gloo")
-        # NCCL cannot reduce CPU tensors; a side gloo group carries host-side control messages
-        env.control = dist.new_group(backend="gloo") if wants_cuda else dist.group.WORLD
-    return env
-
-
-def all_ranks_max(flag: bool, env: DistEnv) -> bool:
-    if not env.distributed:
-        return flag
-    value = torch.tensor([int(flag)])
-    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=env.control)
-    return bool(value.item())
-
-
-def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
-    if not env.distributed:
-        return [obj]
-    out: list[Any] = [None] * env.world_size
-    dist.all_gather_object(out, obj, group=env.control)
-    return out
 
 
 # ------------------------------------------------------------------------------------- signals
@@ -169,9 +120,7 @@ def build_model(config: dict[str, Any], objective: ObjectiveConfig, env: DistEnv
         raw.video.to(memory_format=torch.channels_last_3d)
     if uses_sync_bn(config["run"], model_cfg.norm, distributed=env.distributed, cuda=cuda):
         raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)  # GPU-only in PyTorch
-    model: nn.Module = raw
-    if env.distributed:
-        model = DistributedDataParallel(raw, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    model: nn.Module = wrap_ddp(raw, env)
     if config["run"]["compile"]:
         model = torch.compile(model)
     return model, raw
@@ -327,12 +276,11 @@ def train_step(model: nn.Module, objective: CrissCrossObjective, optimizer: Any,
 
 def train(config: dict[str, Any], resume: str | None = None) -> dict[str, Any]:
     """Run (or continue) pretraining as configured; returns a summary dict (rank 0's view)."""
-    env = setup_distributed(config["run"])
+    env = setup_distributed(config["run"]["device"], num_threads=int(config["run"]["num_threads"] or 0))
     try:
         return _train(config, resume, env)
     finally:
-        if env.distributed and dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown(env)
 
 
 @dataclass
@@ -508,12 +456,3 @@ def finish(config: dict[str, Any], setup: Setup, env: DistEnv, status: str, step
                                                    setup.raw.audio.encoder, config["model"], train_config=config))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def reduce_mean(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
-    """Mean over ranks (gloo has no AVG: sum, then divide)."""
-    if env.distributed:
-        values = values.clone()
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        values /= env.world_size
-    return values.cpu()
