@@ -73,3 +73,22 @@ def test_cli_prints_the_resolved_config_and_rejects_bad_keys(capsys):
     assert printed == resolve_config("debug", ["optim.lr=2e-3"])
     assert main(["pretrain", "--config", "debug", "optim.lr=fast"]) == 2
     assert "optim.lr: expected a number" in capsys.readouterr().err
+
+
+# Supplement G.1 "Ablation Parameters": (terms, base LR, predictor LR) of the uni-modal rows
+ABLATIONS = {"ablation_v1v2": (["v1v2"], 1e-4, 1e-3), "ablation_a1a2": (["a1a2"], 1e-5, 1e-4)}
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_unimodal_ablation_presets_use_the_papers_learning_rates(name):
+    cfg = resolve_config(name)
+    terms, lr, pred_lr = ABLATIONS[name]
+    assert cfg["objective"]["terms"] == terms
+    assert (cfg["optim"]["lr"], cfg["optim"]["pred_lr"]) == (lr, pred_lr)
+    # everything else is the Kinetics-Sound recipe (Table S10), so the rows stay comparable
+    base = resolve_config("kinetics_sound")
+    for section in ("model", "data"):
+        assert cfg[section] == base[section]
+    assert {k: v for k, v in cfg["optim"].items() if k not in ("lr", "pred_lr")} == \
+        {k: v for k, v in base["optim"].items() if k not in ("lr", "pred_lr")}
+    assert cfg["run"]["dir"] == f"runs/{name}" and cfg["run"]["epochs"] == base["run"]["epochs"]
