@@ -373,3 +373,40 @@ def test_pickled_objects_need_trust_pickle(crisscross_release, tmp_path):
         read_release_file(path)
     loaded = read_release_file(path, trust_pickle=True)
     assert isinstance(loaded["extra"], Pickled)
+
+
+# ------------------------------------------------------------------------ run.init_from
+def _build_run_model(tmp_path: Path, overrides: list[str]) -> torch.nn.Module:
+    from crisscross.train.config import resolve_config
+    from crisscross.train.distributed import DistEnv
+    from crisscross.train.objective import ObjectiveConfig
+    from crisscross.train.trainer import build_model
+
+    config = resolve_config("debug", [f"run.dir={tmp_path / 'run'}", *overrides])
+    _, raw = build_model(config, ObjectiveConfig.from_dict(config["objective"]), DistEnv())
+    return raw
+
+
+def test_init_from_loads_an_imported_export_before_training(gdt_release, tmp_path):
+    from crisscross.train.export import load_backbones
+
+    out = tmp_path / "gdt"
+    import_release([gdt_release["file"]], "gdt", out)
+    _, _, cfg = load_backbones(out)
+    arch = [f"model.{k}={json.dumps(v)}" for k, v in cfg.to_dict().items()
+            if k in ("width", "video_blocks", "audio_blocks", "video_arch", "audio_arch", "norm")]
+    raw = _build_run_model(tmp_path, [*arch, f"run.init_from={out}"])
+    video, audio, _ = load_backbones(out)
+    for ours, theirs in ((raw.video.encoder, video), (raw.audio.encoder, audio)):
+        for key, value in theirs.state_dict().items():
+            assert torch.equal(ours.state_dict()[key], value), key
+    # without init_from the same config starts from a fresh initialisation
+    fresh = _build_run_model(tmp_path, arch)
+    assert not torch.equal(fresh.video.encoder.stem[0].weight, video.stem[0].weight)
+
+
+def test_init_from_refuses_an_export_of_another_architecture(crisscross_release, tmp_path):
+    out = tmp_path / "cc"
+    import_release([crisscross_release["video"], crisscross_release["audio"]], "crisscross", out)
+    with pytest.raises(ValueError, match=r"model\.width \(8 here, 64 in the export\)"):
+        _build_run_model(tmp_path, [f"run.init_from={out}"])  # the debug preset's tiny model

@@ -44,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
         "progress": True,         # tqdm bar on rank 0
         "tensorboard": True,
         "export": True,           # write safetensors backbones to <dir>/export at the end
+        "init_from": None,        # export dir (e.g. crisscross weights import) whose backbones start the run; not a resume
     },
     "model": ModelConfig().to_dict(),
     "objective": {"terms": ["intra", "sync", "async"], "reduce": "mean"},

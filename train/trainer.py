@@ -112,6 +112,10 @@ def build_model(config: dict[str, Any], objective: ObjectiveConfig, env: DistEnv
     check_compile(config["run"], model_cfg.norm, distributed=env.distributed, cuda=cuda)
     torch.manual_seed(int(config["run"]["seed"]))  # identical initial weights on every rank
     raw = CrissCrossModel(model_cfg)
+    if config["run"].get("init_from"):  # backbones from an export (docs/weights.md); a resume overrides them
+        from crisscross.train.weights_import import init_encoders_from
+
+        init_encoders_from(raw, config["run"]["init_from"])
     for modality in ("video", "audio"):
         if modality not in objective.modalities:
             getattr(raw, modality).requires_grad_(False)

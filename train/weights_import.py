@@ -461,3 +461,28 @@ def import_release(files: list[str | Path], release: str, out: str | Path, trust
     save_backbones(out, video, audio, cfg, extra=extra, input_spec=rel.input)
     return ImportReport(release, Path(out), cfg.to_dict(),
                         {m: len(t) for m, t in tensors.items()}, skipped, notes)
+
+
+# ------------------------------------------------------------------------------- run.init_from
+# fields that change the encoders' parameters; the pools and heads may differ from the export's
+ENCODER_FIELDS = ("width", "video_blocks", "audio_blocks", "norm", "video_arch", "audio_arch")
+
+
+def init_encoders_from(model: nn.Module, source: str | Path) -> str:
+    """Pretraining's ``run.init_from``: copy the backbones of an export dir (or of a trainer
+    checkpoint) into a ``CrissCrossModel`` before training. Projectors and predictors keep their
+    fresh initialisation; the optimizer and the schedule start from scratch (not a resume).
+    Returns a one-line description for the run log."""
+    from crisscross.train.export import load_backbones
+
+    video, audio, export_cfg = load_backbones(source)
+    run_cfg = model.cfg.to_dict()
+    theirs = ModelConfig.from_dict(export_cfg).to_dict()
+    differ = {k: (run_cfg[k], theirs[k]) for k in ENCODER_FIELDS if run_cfg[k] != theirs[k]}
+    if differ:
+        raise ValueError(f"run.init_from {source}: the run's model config differs from the export's in "
+                         + ", ".join(f"model.{k} ({ours!r} here, {exp!r} in the export)" for k, (ours, exp) in differ.items())
+                         + "; set those model.* keys to the export's values")
+    model.video.encoder.load_state_dict(video.state_dict())
+    model.audio.encoder.load_state_dict(audio.state_dict())
+    return f"encoders initialised from {source}"
