@@ -21,9 +21,10 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, help="demo shard dataset (default: generate + build one)")
     parser.add_argument("--checkpoint", default="random", help="export dir / checkpoint / random (tiny)")
-    parser.add_argument("--clips-per-class", type=int, default=8)
+    parser.add_argument("--clips-per-class", type=int, default=8, help="generated demo clips per class (8)")
     parser.add_argument("--jobs", type=int, default=-1, help="joblib workers for 'ours' (-1 = all cores)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="eval config override for both runs, e.g. --set svm.cv_folds=3 (repeatable)")
     parser.add_argument("--esc10", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "esc10",
                         help="ESC-10 folder (audio/ + esc10.csv) for the SVM sweep comparison")
 

@@ -29,7 +29,7 @@ MILD_VIDEO_WINDOW, MILD_AUDIO_WINDOW = 0.75, 3.0  # official mild windows (two 5
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clips", type=int, default=16, help="number of generated 10 s source clips")
     parser.add_argument("--source-size", default="320x240", help="WxH of the generated sources (H.264 + AAC, 25 fps)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16, help="clips per batch, both loaders (16)")
     parser.add_argument("--batches", type=int, default=8, help="timed batches per loader (after one warm-up batch)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="anchor DataLoader workers (1 per core)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="DALI threads for ours")

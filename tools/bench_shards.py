@@ -27,10 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="folder of videos (default: the real test videos)")
     parser.add_argument("--demo-clips", type=int, default=0,
                         help="instead of --input, generate this many equal demo clips (balanced load, for scaling)")
-    parser.add_argument("--demo-seconds", type=float, default=10.0)
+    parser.add_argument("--demo-seconds", type=float, default=10.0, help="length of each --demo-clips clip (10)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="parallel workers for both")
     parser.add_argument("--repeats", type=int, default=2, help="runs per measurement; the fastest counts")
-    parser.add_argument("--samples-per-shard", type=int, default=2)
+    parser.add_argument("--samples-per-shard", type=int, default=2, help="samples per shard of our build (2)")
     parser.add_argument("--no-scaling", action="store_true", help="skip the 1-worker run")
     parser.add_argument("--no-flac", action="store_true", help="skip the FLAC comparison")
 
@@ -181,4 +181,3 @@ def _component_bytes(dataset: Path, ext: str) -> int:
     from crisscross.shards.reader import iter_raw, read_dataset
 
     return sum(len(g[ext]) for shard in read_dataset(dataset).shards for _, g in iter_raw(shard) if ext in g)
-

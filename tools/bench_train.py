@@ -34,7 +34,7 @@ GPU_PEAK_TFLOPS: dict[tuple[str, ...], float] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train (cpu)")
     parser.add_argument("--preset", default=None, help="training preset (default: demo on cpu, kinetics_sound on cuda)")
     parser.add_argument("--shards", type=Path, default=None,
                         help="dataset directory of shards (default: generated demo clips built into a temp dir, "
@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "on cpu; with --shards, at most the number of samples there)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default 20 cpu / 50 cuda)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each run")
-    parser.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default=None)
+    parser.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default=None,
+                        help="training precision (default: the preset's run.precision)")
     parser.add_argument("--channels-last", action="store_true", help="channels_last_3d for the video branch")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: the preset's run.num_threads; demo: 1)")

@@ -50,7 +50,7 @@ def _register_build(sub) -> None:
                    help="decode each source in its own process (survives decoder crashes and hangs; slower)")
     p.add_argument("--num-tasks", type=int, default=1, help="job array size (then run `shards merge`)")
     p.add_argument("--task-index", type=int, default=0, help="this job array task (0-based)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs and CI)")
     p.set_defaults(func=_build)
 
 

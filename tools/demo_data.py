@@ -319,10 +319,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("demo-data", help="generate labelled demo clips (mp4, H.264 + AAC) and manifest.csv")
     parser.add_argument("out", type=Path, help="output folder")
     parser.add_argument("--classes", type=int, default=4, help=f"number of classes (at most {MAX_CLASSES})")
-    parser.add_argument("--clips-per-class", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=6.0)
-    parser.add_argument("--fps", type=int, default=25)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clips-per-class", type=int, default=8, help="clips per class (8)")
+    parser.add_argument("--seconds", type=float, default=6.0, help="length of each clip in seconds (6)")
+    parser.add_argument("--fps", type=int, default=25, help="frame rate of the generated mp4s (25)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same clips (0)")
     parser.set_defaults(func=_main)
 
 
