@@ -70,8 +70,9 @@ def shard_is_complete(out_dir: Path, cfg: BuildConfig, shard: int) -> bool:
     return tar_name is None or ((out_dir / tar_name).exists() and idx_path_for(out_dir / tar_name).exists())
 
 
-def _remove_leftovers(out_dir: Path, tar_path: Path, shard: int) -> None:
+def remove_leftovers(out_dir: Path, name: str, shard: int) -> None:
     """A killed run may have left this shard half-written; only this shard's task writes these."""
+    tar_path = out_dir / fmt.shard_name(name, shard)
     idx = idx_path_for(tar_path)
     part = part_path(out_dir, shard)
     stale = [tar_path, idx, *out_dir.glob(temp_prefix(tar_path) + "*"), *out_dir.glob(temp_prefix(idx) + "*"),
@@ -95,7 +96,7 @@ def write_shard(out_dir: Path, plan: dict, shard: int, progress=None, isolate: b
     specs = specs_of_shard(plan, shard)
     label_index = {label: i for i, label in enumerate(plan["labels"])}
     tar_path = out_dir / fmt.shard_name(cfg.name, shard)
-    _remove_leftovers(out_dir, tar_path, shard)
+    remove_leftovers(out_dir, cfg.name, shard)
     by_source: dict[str, list[SampleSpec]] = {}
     for spec in specs:
         by_source.setdefault(spec.item.source_id, []).append(spec)
@@ -241,6 +242,9 @@ def build_shards(input: str | Path, out_dir: str | Path, *, name: str | None = N
                       audio_format=audio_format, **config)
     cfg.validate()
     plan = load_or_make_plan(input, out_dir, cfg)
+    if len(plan["labels"]) == 1:
+        print(f"crisscross shards build: warning: every source has the same label {plan['labels'][0]!r}; "
+              "is --format right for this input?", file=sys.stderr)
     mine = [j for j in range(len(plan["shards"])) if j % num_tasks == task_index]
     todo = [j for j in mine if not shard_is_complete(out_dir, cfg, j)]
     engines.run_shards(out_dir, plan, todo, engine=engine, workers=workers, address=address, progress=progress,

@@ -33,8 +33,13 @@ def die_with_parent() -> None:
 
 
 def _init_worker(queue, out_dir: str, plan: dict) -> None:
+    import signal
+
     global _progress_queue, _worker_job
     die_with_parent()
+    # Ctrl-C reaches the whole process group: the parent alone decides (it kills the workers),
+    # so a worker never dies half-way with a traceback of its own
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _progress_queue = queue
     _worker_job = (Path(out_dir), plan)
 
@@ -87,21 +92,45 @@ def _run_pool(out_dir: Path, plan: dict, shards: list[int], workers: int, bar: t
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     done: set[int] = set()
-    with ProcessPoolExecutor(max_workers=min(workers, len(shards)), mp_context=ctx, initializer=_init_worker,
-                             initargs=(queue, str(out_dir), plan)) as pool:
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(shards)), mp_context=ctx, initializer=_init_worker,
+                               initargs=(queue, str(out_dir), plan))
+    try:
         futures = {pool.submit(_pool_task, j, isolate): j for j in shards}
         pending = set(futures)
-        try:
-            while pending:
-                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                _drain(queue, bar)
-                for future in finished:
-                    future.result()  # re-raises a task's exception (not a decode error: those are rows)
-                    done.add(futures[future])
-        except BrokenProcessPool:
-            pass
+        while pending:
+            finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            _drain(queue, bar)
+            for future in finished:
+                future.result()  # re-raises a task's exception (not a decode error: those are rows)
+                done.add(futures[future])
+    except BrokenProcessPool:
+        pass
+    except BaseException:  # Ctrl-C (KeyboardInterrupt) or a task's error: stop now, not after the queue
+        _stop_pool(pool)
+        _remove_unfinished(out_dir, plan, [j for j in shards if j not in done])
+        raise
+    pool.shutdown(wait=True)
     _drain(queue, bar)
     return [j for j in shards if j not in done]
+
+
+def _stop_pool(pool) -> None:
+    """Kill the workers (and with them their decoding children) and drop the queued tasks."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.join(timeout=5)
+
+
+def _remove_unfinished(out_dir: Path, plan: dict, shards: list[int]) -> None:
+    """What killed tasks left of their shards (temporaries, a tar renamed before its part file):
+    nothing a rerun would take for whole remains; complete shards are kept."""
+    from crisscross.preprocess.build import remove_leftovers, shard_is_complete
+
+    for j in shards:
+        if not shard_is_complete(out_dir, None, j):
+            remove_leftovers(out_dir, plan["config"]["name"], j)
 
 
 def _drain(queue, bar: tqdm) -> None:
@@ -129,21 +158,36 @@ def _run_ray(out_dir: Path, plan: dict, shards: list[int], address: str | None, 
         remote = ray.remote(num_cpus=1, max_retries=1)(_ray_task)
         plan_ref = ray.put(plan)
         refs = {remote.remote(str(out_dir), plan_ref, j, isolate): j for j in shards}
-        while refs:
-            ready, _ = ray.wait(list(refs), num_returns=1)
-            for ref in ready:
-                shard = refs.pop(ref)
+        try:
+            _wait_ray(ray, refs, remote, out_dir, plan, plan_ref, bar, isolate, WorkerCrashedError)
+        except BaseException:  # Ctrl-C: cancel what runs and what is queued, tidy the unfinished shards
+            for ref in refs:
                 try:
-                    ray.get(ref)  # re-raises a task's failure
-                except WorkerCrashedError:
-                    if isolate:
-                        raise
-                    refs[remote.remote(str(out_dir), plan_ref, shard, True)] = shard  # again, crash-proof
-                    continue
-                bar.update(len(plan["shards"][shard]))
+                    ray.cancel(ref, force=True)
+                except Exception:  # noqa: BLE001 - already finished or gone
+                    pass
+            _remove_unfinished(out_dir, plan, sorted(refs.values()))
+            raise
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _wait_ray(ray, refs: dict, remote, out_dir: Path, plan: dict, plan_ref, bar: tqdm, isolate: bool,
+              crashed: type) -> None:
+    """Collect Ray results as they come; a crashed worker's shard is rerun with isolation."""
+    while refs:
+        ready, _ = ray.wait(list(refs), num_returns=1)
+        for ref in ready:
+            shard = refs.pop(ref)
+            try:
+                ray.get(ref)  # re-raises a task's failure
+            except crashed:
+                if isolate:
+                    raise
+                refs[remote.remote(str(out_dir), plan_ref, shard, True)] = shard  # again, crash-proof
+                continue
+            bar.update(len(plan["shards"][shard]))
 
 
 def _ray_task(out_dir: str, plan: dict, shard: int, isolate: bool = False) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import fractions
 import io
 import math
+import os
 from dataclasses import dataclass, field
 
 import av
@@ -99,10 +100,30 @@ def _stream_start(stream: av.stream.Stream | None) -> float | None:
     return float(stream.start_time * stream.time_base)
 
 
+# FFmpeg reads a name like "http:host:80", "concat:a|b" or "subfile,,0,9,:x" as a protocol URL,
+# and playlist/reference demuxers (HLS, DASH, concat scripts) open further inputs on their own.
+# A source is opened as "file:<absolute path>" with only the file protocol allowed (inherited by
+# anything a demuxer opens) and without the demuxers whose job is to read other inputs, so the
+# bytes decoded are always the named local file's, and nothing reaches the network.
+_REFERENCE_DEMUXERS = {"hls", "applehttp", "dash", "webm_dash_manifest", "concat", "sdp", "rtsp", "rtp", "tee"}
+_OPEN_OPTIONS = {"protocol_whitelist": "file",
+                 "format_whitelist": ",".join(sorted(set(av.formats_available) - _REFERENCE_DEMUXERS))}
+
+# one decode covers at most this much source timeline (clips further apart are decoded in
+# separate passes), and a sample without an end (no --clip-seconds) may be at most this long:
+# the bound on a worker's memory per source (docs/preprocess.md)
+DECODE_WINDOW_S = 600.0
+
+
+def open_local(path: str):
+    """``av.open`` of a local file only (see _OPEN_OPTIONS); FFmpeg errors propagate."""
+    return av.open("file:" + os.path.abspath(path), options=dict(_OPEN_OPTIONS))
+
+
 def probe(path: str) -> dict:
     """Cheap header read: stream presence and duration (seconds) for planning clip spans."""
     try:
-        with av.open(path) as container:
+        with open_local(path) as container:
             vs = pick_stream(container.streams.video)
             as_ = pick_stream(container.streams.audio)
             duration = None
@@ -256,6 +277,9 @@ def decode_source(path: str, spans: list[tuple[float, float | None]], cfg: Media
 
     Raises MediaError with a reason code for anything that cannot become a sample.
     """
+    for start, end in spans:  # the plan validates spans; a NaN here would make the decode loop endless
+        if not (math.isfinite(start) and start >= 0 and (end is None or (math.isfinite(end) and end > start))):
+            raise MediaError("bad_span", f"span [{start}, {end}) is not a finite, ordered pair of times")
     first_start = min(s for s, _ in spans)
     seek_to = first_start - SEEK_MARGIN if first_start >= SEEK_MIN_START else None
     media = _decode_path(path, spans, cfg, need_video, need_audio, seek_to)
@@ -266,9 +290,12 @@ def decode_source(path: str, spans: list[tuple[float, float | None]], cfg: Media
 
 def _open(path: str):
     try:
-        return av.open(path)
+        return open_local(path)
     except av.InvalidDataError as exc:
         raise MediaError("not_media", f"FFmpeg cannot parse it: {exc}") from exc
+    except av.ArgumentError as exc:  # what the format whitelist answers for a playlist / reference file
+        raise MediaError("not_media", f"not a media file FFmpeg may read (playlists and files naming other "
+                         f"inputs are refused): {exc}") from exc
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as exc:
         raise MediaError("unreadable", f"{type(exc).__name__}: {exc}") from exc
 
@@ -394,8 +421,11 @@ def _decode_path(path, spans, cfg: MediaConfig, need_video: bool, need_audio: bo
         starts = [s for s in (_stream_start(vs), _stream_start(as_)) if s is not None]
         origin = min(starts) if starts else 0.0
         info = _source_info(container, vs, as_)
-        far = (info["duration"] or 0.0) + 1e6  # "to the end" for spans without an end
-        spans = [(float(s), float(e) if e is not None else far) for s, e in spans]
+        open_ended = [e is None for _, e in spans]  # "to the end": at most DECODE_WINDOW_S (too_long)
+        spans = [(float(s), float(e) if e is not None else float(s) + DECODE_WINDOW_S) for s, e in spans]
+        longest = max(e - s for s, e in spans)
+        if longest > DECODE_WINDOW_S + 1e-6:
+            raise MediaError("too_long", f"a {longest:.0f} s span exceeds the {DECODE_WINDOW_S:.0f} s a sample may last")
         last_end = max(e for _, e in spans)
         interval = 1.0 / float(vs.average_rate) if vs is not None and vs.average_rate else 1.0 / cfg.fps
         video = _VideoTrack(spans, cfg, interval, _pixel_aspect(vs)) if vs is not None else None
@@ -406,7 +436,10 @@ def _decode_path(path, spans, cfg: MediaConfig, need_video: bool, need_audio: bo
                 stream.codec_context.thread_count = cfg.decoder_threads
         if seek_to is not None:
             container.seek(int((seek_to + origin) * av.time_base), backward=True)
-        decode_errors = _demux(container, vs, as_, video, audio, origin, last_end)
+        decode_errors, stopped_early = _demux(container, vs, as_, video, audio, origin, last_end)
+        if stopped_early and any(open_ended):
+            raise MediaError("too_long", f"the source runs past {last_end:.0f} s; a sample may last at most "
+                             f"{DECODE_WINDOW_S:.0f} s: cut it into clips with --clip-seconds")
         video_end = video.finish() if video is not None else None
         audio_pcm = audio.finish(cfg.sample_rate) if audio is not None else np.zeros(0, np.float32)
 
@@ -422,7 +455,7 @@ def _decode_path(path, spans, cfg: MediaConfig, need_video: bool, need_audio: bo
                 output_height=video.encoder.size[1] if has_video else 0)
     media = SourceMedia(info=info)
     for i, (start, end) in enumerate(spans):
-        clip = ClipMedia(span_start=start, span_end=end if end < far else None)
+        clip = ClipMedia(span_start=start, span_end=None if open_ended[i] else end)
         if has_video and video.samplers[i].packets:
             sampler = video.samplers[i]
             clip.num_frames = len(sampler.packets)
@@ -446,8 +479,9 @@ def _seek_overshot(span_start: float, origin: float, tracks) -> bool:
 
 
 def _demux(container, vs, as_, video: _VideoTrack | None, audio: _AudioTrack | None, origin: float,
-           last_end: float, max_bad_packets: int = 50) -> int:
-    """Decode packets in file order until every span is covered; returns the bad packet count."""
+           last_end: float, max_bad_packets: int = 50) -> tuple[int, bool]:
+    """Decode packets in file order until every span is covered; returns the bad packet count
+    and whether decoding stopped before the end of the file."""
     decode_errors = 0
     streams = [s for s in (vs, as_) if s is not None]
     for packet in container.demux(*streams):
@@ -467,8 +501,8 @@ def _demux(container, vs, as_, video: _VideoTrack | None, audio: _AudioTrack | N
         video_done = video is None or (video.last_time is not None and video.last_time > last_end)
         audio_done = audio is None or (audio.end_time() is not None and audio.end_time() > last_end + 0.1)
         if video_done and audio_done:
-            break  # every span is covered: the rest of the file is not needed
-    return decode_errors
+            return decode_errors, True  # every span is covered: the rest of the file is not needed
+    return decode_errors, False
 
 
 def _cut_audio(clip: ClipMedia, audio: np.ndarray, audio_start: float, rate: int) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from crisscross.preprocess import media
-from crisscross.preprocess.sources import SourceItem, load_sources
+from crisscross.preprocess.sources import MAX_SPAN_SECONDS, SourceItem, invalid_item, load_sources
 from crisscross.shards import format as fmt
 from crisscross.shards.atomic import atomic_write
 
@@ -58,8 +60,17 @@ class BuildConfig:
             raise ValueError("audio_format must be pcm or flac")
         if not re.fullmatch(r"[A-Za-z0-9_]+", self.name):
             raise ValueError(f"dataset name {self.name!r}: use letters, digits, underscore")
-        if self.clip_seconds is not None and self.clip_seconds <= 0:
-            raise ValueError("clip_seconds must be positive")
+        ranges = {"fps": (1, 240), "short_side": (16, 4096), "sample_rate": (1000, 384_000), "jpeg_qscale": (2, 31),
+                  "split": (1, 3), "min_seconds": (0.0, media.DECODE_WINDOW_S),
+                  "item_timeout_s": (0.0, 7 * 24 * 3600.0), "shard_size_bytes": (1, 1 << 50)}
+        if self.clip_seconds is not None:
+            ranges["clip_seconds"] = (1e-3, media.DECODE_WINDOW_S)  # a sample may last DECODE_WINDOW_S at most
+        if self.samples_per_shard is not None:
+            ranges["samples_per_shard"] = (1, 1 << 31)
+        for key, (low, high) in ranges.items():
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise ValueError(f"{key} must be a number in [{low}, {high}], got {value!r}")
 
 
 @dataclass
@@ -82,16 +93,39 @@ def sample_key(item: SourceItem, clip_index: int) -> str:
     return f"{_slug(item.source_id)}_{digest}_{clip_index:04d}"
 
 
+# a real media file spends at least this many bytes per second of its duration (the leanest
+# audio codecs use ~750 B/s); a header claiming more seconds than size / this is a duration bomb
+MIN_BYTES_PER_SECOND = 8.0
+PROBE_TIMEOUT_S = 30.0  # a header probe during planning (the parent process) is cut off after this
+
+
+def claimed_duration(item: SourceItem) -> float | None:
+    """The source's duration from its header, bounded: None when unknown or unreadable (the
+    decoder then reports what is wrong); MediaError('absurd_duration') when the header claims
+    more than the file could hold. Never raises anything else: planning runs in the parent."""
+    from crisscross.preprocess.samples import time_limit  # samples imports this module
+
+    try:
+        size = os.path.getsize(item.path)
+        with time_limit(PROBE_TIMEOUT_S):
+            duration = media.probe(item.path)["duration"]
+    except Exception:  # noqa: BLE001 - missing, unreadable, hostile header, timeout: the decoder's turn
+        return None
+    if duration is None:
+        return None
+    limit = min(MAX_SPAN_SECONDS, size / MIN_BYTES_PER_SECOND)
+    if not math.isfinite(duration) or not 0 <= duration <= limit:
+        raise media.MediaError("absurd_duration", f"header claims {duration!r} s for a {size}-byte file "
+                               f"(at most {limit:.0f} s plausible)")
+    return duration
+
+
 def clip_spans(item: SourceItem, clip_seconds: float | None, min_seconds: float) -> list[tuple[float, float | None]]:
+    """The spans of one item; raises MediaError for an item that cannot be planned (a row)."""
     start = item.start or 0.0
     if clip_seconds is None:
         return [(start, item.end)]
-    end = item.end
-    if end is None:
-        try:
-            end = media.probe(item.path)["duration"]
-        except media.MediaError:
-            end = None
+    end = item.end if item.end is not None else claimed_duration(item)
     if end is None:  # unreadable or unknown length: one span, the decoder reports what is wrong
         return [(start, None)]
     spans, t = [], start
@@ -110,9 +144,17 @@ def _estimated_bytes(cfg: BuildConfig, seconds: float) -> float:
 
 
 def plan_samples(items: list[SourceItem], cfg: BuildConfig) -> list[SampleSpec]:
+    """Sample specs of ``items``; an item that cannot be planned is replaced in ``items`` by
+    its invalid form (one spec, an error row at build time)."""
     specs = []
-    for item in items:
-        for i, (start, end) in enumerate(clip_spans(item, cfg.clip_seconds, cfg.min_seconds)):
+    for n, item in enumerate(items):
+        spans: list[tuple[float, float | None]] = [(0.0, None)]
+        if not item.invalid_reason:
+            try:
+                spans = clip_spans(item, cfg.clip_seconds, cfg.min_seconds)
+            except media.MediaError as exc:
+                item = items[n] = invalid_item(item, exc.reason, exc.detail)
+        for i, (start, end) in enumerate(spans):
             specs.append(SampleSpec(sample_key(item, i), item, i, start, end))
     keys = Counter(s.key for s in specs)
     dupes = [k for k, n in keys.items() if n > 1]
@@ -131,6 +173,8 @@ def samples_per_shard(specs: list[SampleSpec], cfg: BuildConfig) -> int:
 
 def make_plan(input_path: str | Path, cfg: BuildConfig) -> dict:
     items = load_sources(input_path, cfg.adapter, split=cfg.split, video_root=cfg.video_root)
+    if not items:
+        raise ValueError(f"no media found in {input_path} (adapter {cfg.adapter!r}); nothing to build")
     specs = plan_samples(items, cfg)
     order = np.random.default_rng(cfg.seed).permutation(len(specs))  # the cross-shard shuffle
     per_shard = samples_per_shard(specs, cfg)
@@ -166,17 +210,50 @@ def write_json_atomic(path: Path, obj, indent: int | None = 1) -> None:
     atomic_write(path, json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n")
 
 
+# what a build writes into its output folder (and the temporaries of those files)
+_OUTPUT_NAMES = {PLAN_FILE, "_parts", "manifest.parquet", "errors.parquet", "dataset.json"}
+
+
+def _is_build_output(name: str, cfg: BuildConfig) -> bool:
+    if name.startswith(".") and ".tmp-" in name:
+        name = name[1:name.index(".tmp-")]  # .<target>.tmp-<random>: shards/atomic.py
+    return name in _OUTPUT_NAMES or re.fullmatch(rf"{re.escape(cfg.name)}-\d{{6}}\.(tar|idx)", name) is not None
+
+
+def check_out_dir(input_path: str | Path, out_dir: Path, cfg: BuildConfig) -> None:
+    """Refuse an output folder a build could clobber or mix into: inside the input (or the input
+    itself), not a folder, or holding anything that is not this build's own files."""
+    inp, out = Path(input_path).resolve(), out_dir.resolve()
+    if not inp.exists():
+        raise FileNotFoundError(f"input {input_path} does not exist")
+    if inp.is_dir() and (out == inp or inp in out.parents):
+        raise ValueError(f"--out {out_dir} is inside the input folder {input_path}; write the shards elsewhere")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out_dir} exists and is not a folder")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if not _is_build_output(p.name, cfg))
+        if foreign:
+            raise ValueError(f"--out {out_dir} is not empty and not a shard build of dataset {cfg.name!r} "
+                             f"(holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
+                             "use a new or empty folder")
+
+
 def load_or_make_plan(input_path: str | Path, out_dir: Path, cfg: BuildConfig) -> dict:
     """The plan is a pure function of (input, cfg); it is saved so every task and every rerun
-    uses the same one. A saved plan for different parameters is an error, not overwritten."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    uses the same one. A saved plan for different parameters is an error, not overwritten.
+    Nothing is created before the plan exists (a wrong input leaves no empty folder behind)."""
+    check_out_dir(input_path, out_dir, cfg)
     path = out_dir / PLAN_FILE
     if path.exists():
-        plan = json.loads(path.read_text())
+        try:
+            plan = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: damaged build plan ({exc}); use a new --out") from None
         if plan["config"] != json.loads(json.dumps(dataclasses.asdict(cfg))) or plan["input"] != str(Path(input_path).resolve()):
             raise ValueError(f"{out_dir} holds a build with other parameters or input; use a new --out")
         return plan
     plan = make_plan(input_path, cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, plan, indent=None)
     return plan
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import signal
 import threading
@@ -26,7 +27,7 @@ class _Timeout(Exception):
 
 
 @contextlib.contextmanager
-def _time_limit(seconds: float):
+def time_limit(seconds: float):
     """SIGALRM-based limit; PyAV returns to Python between packets, so a stuck decode is cut off.
     Only in a main thread (signals); elsewhere no limit is applied."""
     if seconds <= 0 or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
@@ -56,16 +57,16 @@ def _sha256(path: str) -> str:
 def decode_group(item: SourceItem, specs: list[SampleSpec], cfg: BuildConfig) -> tuple[dict, list] | media.MediaError:
     """Decode one source for all its spans in this shard; any failure becomes a MediaError."""
     try:
+        if item.invalid_reason:  # a bad manifest row or file name, found when planning
+            raise media.MediaError(item.invalid_reason, item.invalid_detail)
         if not os.path.isfile(item.path):
             raise media.MediaError("missing", "no such file" if not os.path.exists(item.path) else "not a regular file")
         if os.path.getsize(item.path) == 0:
             raise media.MediaError("empty_file", "0 bytes")
-        with _time_limit(cfg.item_timeout_s):
-            sha = _sha256(item.path)
-            result = media.decode_source(item.path, [(s.start, s.end) for s in specs], cfg.media_config(),
-                                         need_video=not item.audio_only)
-        result.info["sha256"] = sha
-        return result.info, result.clips
+        with time_limit(cfg.item_timeout_s):
+            info, clips = _decode_windows(item, specs, cfg)
+            info["sha256"] = _sha256(item.path)  # after decoding: a file FFmpeg refuses is never hashed
+        return info, clips
     except media.MediaError as exc:
         return exc
     except _Timeout:
@@ -74,6 +75,31 @@ def decode_group(item: SourceItem, specs: list[SampleSpec], cfg: BuildConfig) ->
         return media.MediaError("unreadable", f"{type(exc).__name__}: {exc}")
     except Exception as exc:  # noqa: BLE001 - a bad file must never take the worker down
         return media.MediaError("decode_failed", f"{type(exc).__name__}: {exc}")
+
+
+def _decode_windows(item: SourceItem, specs: list[SampleSpec], cfg: BuildConfig) -> tuple[dict, list]:
+    """Decode the spans in windows of at most media.DECODE_WINDOW_S of source timeline each, so
+    memory stays bounded however far apart a long source's clips lie; clips in ``specs`` order."""
+    order = sorted(range(len(specs)), key=lambda i: specs[i].start)
+    windows: list[list[int]] = []
+    for i in order:
+        if windows and (specs[i].end or math.inf) - specs[windows[-1][0]].start <= media.DECODE_WINDOW_S:
+            windows[-1].append(i)
+        else:
+            windows.append([i])
+    info: dict | None = None
+    clips: list = [None] * len(specs)
+    for window in windows:
+        result = media.decode_source(item.path, [(specs[i].start, specs[i].end) for i in window],
+                                     cfg.media_config(), need_video=not item.audio_only)
+        if info is None:
+            info = result.info
+        else:  # the policy's truncation check compares span ends with how far decoding reached
+            info["decoded_end"] = max(info["decoded_end"], result.info["decoded_end"])
+            info["decode_errors"] += result.info["decode_errors"]
+        for i, clip in zip(window, result.clips):
+            clips[i] = clip
+    return info, clips
 
 
 def _isolated_child(conn, item: SourceItem, specs: list[SampleSpec], cfg: BuildConfig) -> None:

@@ -2,13 +2,21 @@
 
 Every adapter returns ``list[SourceItem]`` in a deterministic order (sorted), so planning is
 reproducible. Adapters never open media files: a missing or broken file becomes an
-``errors.parquet`` row when the builder reaches it, not an exception here.
+``errors.parquet`` row when the builder reaches it, not an exception here. A row that is wrong
+in itself (a span that is not a finite, ordered pair of times; a file name that is not UTF-8)
+becomes an item marked ``invalid_reason``, which the builder records as an error row without
+opening anything. A manifest that cannot be read at all is a ``ValueError`` naming the file.
+
+Paths are made absolute here (against the manifest's folder or the input folder, never the
+working directory), so a plan, and every job-array task using it, does not depend on where the
+command runs.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +36,44 @@ class SourceItem:
     start: float | None = None  # seconds on the source timeline; None = from the beginning
     end: float | None = None  # None = to the end
     audio_only: bool = False  # the dataset has no video (ESC-50, DCASE): don't look for one
+    invalid_reason: str = ""  # set: the row itself is bad; it becomes an error row, nothing is opened
+    invalid_detail: str = ""
+
+
+# a span on a source timeline longer than this is taken as a broken manifest, not a video (a week)
+MAX_SPAN_SECONDS = 7 * 24 * 3600.0
+
+
+def _abs(path: str | Path) -> Path:
+    """Absolute without resolving symlinks (a linked file keeps its own name and label)."""
+    return Path(os.path.abspath(path))
+
+
+def _bad_name(text: str) -> str | None:
+    """None for a name that is valid UTF-8; else the name with its undecodable bytes shown as \\xNN."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
+def check_span(start: float | None, end: float | None) -> str | None:
+    """Why ``[start, end)`` (seconds; None = open) cannot be a span, or None when it can."""
+    for name, value in (("start", start), ("end", end)):
+        if value is not None and not math.isfinite(value):
+            return f"{name}={value} is not a finite number"
+        if value is not None and not 0 <= value <= MAX_SPAN_SECONDS:
+            return f"{name}={value} is outside [0, {MAX_SPAN_SECONDS:.0f}] s"
+    if start is not None and end is not None and end <= start:
+        return f"end={end} is not after start={start}"
+    return None
+
+
+def invalid_item(item: SourceItem, reason: str, detail: str) -> SourceItem:
+    """The item as an error row to be: times dropped (NaN/inf must not reach a JSON file)."""
+    return SourceItem(item.path, item.source_id, item.label, item.split, item.fold, None, None, item.audio_only,
+                      reason, detail)
 
 
 def _walk_files(root: Path) -> list[Path]:
@@ -43,29 +89,72 @@ def _walk_files(root: Path) -> list[Path]:
 def from_folder(root: str | Path) -> list[SourceItem]:
     """Every non-hidden file under ``root`` (sidecars like .csv/.txt skipped). A file inside a
     sub-folder is labelled with that first-level folder's name (class-per-folder layout)."""
-    root = Path(root)
+    root = _abs(root)
     items = []
     for path in _walk_files(root):
         rel = path.relative_to(root)
         label = rel.parts[0] if len(rel.parts) > 1 else None
+        shown = _bad_name(str(path))
+        if shown is not None:  # cannot be written to JSON/parquet as is: an error row under a readable name
+            item = SourceItem(shown, _bad_name(rel.as_posix()) or rel.as_posix(), label=_bad_name(label or "") or label)
+            items.append(invalid_item(item, "bad_filename", f"file name is not UTF-8: {shown}"))
+            continue
         items.append(SourceItem(str(path), rel.as_posix(), label=label))
     return items
 
 
 def _read_table(path: Path) -> list[dict]:
+    """Rows of a CSV/TSV/JSONL/Parquet table; anything unreadable is one ValueError naming the file."""
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
+            return pq.read_table(path).to_pylist()
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}); save the manifest as UTF-8") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a broken file
+        raise ValueError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})") from None
     if suffix in {".jsonl", ".ndjson"}:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+        rows = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}: line {number} is not JSON ({exc.msg})") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}: line {number} is not a JSON object")
+                rows.append(row)
+        return rows
+    try:
+        return list(csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ","))
+    except csv.Error as exc:
+        raise ValueError(f"{path}: malformed CSV ({exc})") from None
 
 
 def _opt_float(value) -> float | None:
-    return None if value in (None, "") else float(value)
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan  # reported by check_span as not a finite number
+
+
+def _fold(value, where: str) -> int:
+    if value in (None, ""):
+        return -1
+    try:
+        fold = float(value)
+        if fold.is_integer():
+            return int(fold)
+    except (TypeError, ValueError):
+        pass
+    raise ValueError(f"{where}: fold must be an integer, got {value!r}")
 
 
 def _opt_str(value) -> str | None:
@@ -75,20 +164,23 @@ def _opt_str(value) -> str | None:
 def from_manifest(path: str | Path) -> list[SourceItem]:
     """CSV / TSV / JSONL / Parquet with column ``path`` (relative to the manifest's folder or
     absolute) and optional ``label``, ``split``, ``fold``, ``start``, ``end`` (seconds)."""
-    path = Path(path)
+    path = _abs(path)
     rows = _read_table(path)
     if rows and "path" not in rows[0]:
         raise ValueError(f"{path}: manifest needs a 'path' column, has {sorted(rows[0])}")
     items = []
-    for row in rows:
+    for number, row in enumerate(rows, 1):
         rel = str(row["path"])
-        full = Path(rel) if os.path.isabs(rel) else path.parent / rel
+        if not rel or rel == "None":
+            raise ValueError(f"{path}: row {number} has an empty path")
+        full = _abs(rel if os.path.isabs(rel) else path.parent / rel)  # never the working directory
         start, end = _opt_float(row.get("start")), _opt_float(row.get("end"))
         source_id = rel if start is None and end is None else f"{rel}#{start}-{end}"
-        items.append(SourceItem(str(full), source_id, label=_opt_str(row.get("label")),
-                                split=_opt_str(row.get("split")) or NO_SPLIT,
-                                fold=int(row["fold"]) if row.get("fold") not in (None, "") else -1,
-                                start=start, end=end))
+        item = SourceItem(str(full), source_id, label=_opt_str(row.get("label")),
+                          split=_opt_str(row.get("split")) or NO_SPLIT,
+                          fold=_fold(row.get("fold"), f"{path}: row {number}"), start=start, end=end)
+        problem = check_span(start, end)
+        items.append(item if problem is None else invalid_item(item, "bad_span", problem))
     return items
 
 
@@ -96,14 +188,19 @@ def from_kinetics(csv_path: str | Path, video_root: str | Path) -> list[SourceIt
     """Kinetics annotation CSV (youtube_id,time_start,time_end,label,split). A video is found as
     a trimmed file ``<id>_<start:06d>_<end:06d>.*`` (the usual downloaders' name; used whole) or
     as the full ``<id>.*`` download (then the annotated span is cut from it)."""
-    root = Path(video_root)
+    root = _abs(video_root)
     by_stem = {p.stem: p for p in _walk_files(root)}
     items = []
-    for row in _read_table(Path(csv_path)):
-        yid, t0, t1 = row["youtube_id"], float(row["time_start"]), float(row["time_end"])
-        trimmed = f"{yid}_{int(t0):06d}_{int(t1):06d}"
+    for row in _read_table(_abs(csv_path)):
+        yid, t0, t1 = row["youtube_id"], _opt_float(row["time_start"]), _opt_float(row["time_end"])
         split = _opt_str(row.get("split")) or NO_SPLIT
         label = _opt_str(row.get("label"))
+        problem = check_span(t0, t1) if t0 is not None and t1 is not None else "time_start/time_end missing"
+        if problem is not None:
+            items.append(invalid_item(SourceItem(str(root / f"{yid}.mp4"), f"{yid}#{t0}-{t1}", label, split),
+                                  "bad_span", problem))
+            continue
+        trimmed = f"{yid}_{int(t0):06d}_{int(t1):06d}"
         if trimmed in by_stem:
             path = by_stem[trimmed]
             items.append(SourceItem(str(path), path.relative_to(root).as_posix(), label, split))
@@ -123,7 +220,7 @@ def _find_dir(root: Path, name: str) -> Path:
 def from_ucf101(root: str | Path, split: int = 1) -> list[SourceItem]:
     """UCF101: ``ucfTrainTestlist/{classInd,trainlist0N,testlist0N}.txt`` and the videos as
     ``<Class>/v_*.avi`` under ``root`` or ``root/UCF-101``. Files in no list are skipped."""
-    root = Path(root)
+    root = _abs(root)
     lists = _find_dir(root, "ucfTrainTestlist")
     video_root = root / "UCF-101" if (root / "UCF-101").is_dir() else root
     items = []
@@ -139,7 +236,7 @@ def from_ucf101(root: str | Path, split: int = 1) -> list[SourceItem]:
 def from_hmdb51(root: str | Path, split: int = 1) -> list[SourceItem]:
     """HMDB51: ``testTrainMulti_7030_splits/<class>_test_split<N>.txt`` (1 = train, 2 = test,
     0 = unused, skipped) and the videos as ``<class>/<file>.avi``."""
-    root = Path(root)
+    root = _abs(root)
     lists = _find_dir(root, "testTrainMulti_7030_splits")
     items = []
     for list_file in sorted(lists.glob(f"*_test_split{split}.txt")):
@@ -153,19 +250,29 @@ def from_hmdb51(root: str | Path, split: int = 1) -> list[SourceItem]:
     return sorted(items, key=lambda i: i.source_id)
 
 
+ESC_META = ("meta/esc50.csv", "meta/esc10.csv", "esc50.csv", "esc10.csv")
+
+
 def from_esc50(root: str | Path, meta_csv: str | Path | None = None) -> list[SourceItem]:
-    """ESC-50 (or ESC-10): ``meta/esc50.csv`` (filename,fold,target,category,...) and
-    ``audio/<filename>``. Audio-only; the label is the category and the fold is kept (5-fold CV)."""
-    root = Path(root)
+    """ESC-50 or ESC-10: a meta CSV (``meta/esc50.csv``, or ``esc10.csv`` next to ``audio/``;
+    columns filename,fold,target,category,...) and ``audio/<filename>``. Audio-only; the label is
+    the category and the fold is kept (5-fold CV)."""
+    root = _abs(root)
     if meta_csv is None:
-        candidates = [root / "meta" / "esc50.csv", *sorted(root.glob("*.csv"))]
+        candidates = [*(root / name for name in ESC_META), *sorted(root.glob("*.csv"))]
         meta_csv = next((c for c in candidates if c.exists()), None)
         if meta_csv is None:
-            raise FileNotFoundError(f"no meta/esc50.csv or *.csv under {root}")
+            raise FileNotFoundError(f"no meta/esc50.csv, esc10.csv or *.csv under {root}")
+    meta_csv = _abs(meta_csv)
+    rows = _read_table(meta_csv)
+    missing = {"filename", "fold", "category"} - set(rows[0] if rows else ())
+    if missing:
+        raise ValueError(f"{meta_csv}: an ESC meta file needs columns filename, fold, category; missing {sorted(missing)}")
     items = []
-    for row in _read_table(Path(meta_csv)):
+    for number, row in enumerate(rows, 1):
         rel = f"audio/{row['filename']}"
-        items.append(SourceItem(str(root / rel), rel, row["category"], NO_SPLIT, int(row["fold"]), audio_only=True))
+        items.append(SourceItem(str(root / rel), rel, row["category"], NO_SPLIT,
+                                _fold(row["fold"], f"{meta_csv}: row {number}"), audio_only=True))
     return sorted(items, key=lambda i: i.source_id)
 
 
@@ -181,9 +288,9 @@ ADAPTERS = ("auto", "folder", "manifest", "kinetics", "ucf101", "hmdb51", "esc50
 def load_sources(input_path: str | Path, adapter: str = "auto", *, video_root: str | Path | None = None,
                  split: int = 1) -> list[SourceItem]:
     """Dispatch to an adapter; ``auto`` picks one from the input's layout."""
-    path = Path(input_path)
+    path = _abs(input_path)
     if not path.exists():
-        raise FileNotFoundError(f"input {path} does not exist")
+        raise FileNotFoundError(f"input {input_path} does not exist")
     if adapter == "auto":
         adapter = _detect(path)
     if adapter == "folder":
@@ -191,7 +298,7 @@ def load_sources(input_path: str | Path, adapter: str = "auto", *, video_root: s
     if adapter == "manifest":
         return from_manifest(path)
     if adapter == "kinetics":
-        return from_kinetics(path, video_root or path.parent)
+        return from_kinetics(path, _abs(video_root) if video_root else path.parent)
     if adapter == "ucf101":
         return from_ucf101(path, split)
     if adapter == "hmdb51":
@@ -215,6 +322,6 @@ def _detect(path: Path) -> str:
         return "ucf101"
     if (path / "testTrainMulti_7030_splits").is_dir() or any(path.glob("*/testTrainMulti_7030_splits")):
         return "hmdb51"
-    if (path / "meta" / "esc50.csv").exists():
-        return "esc50"
+    if (path / "audio").is_dir() and any((path / name).is_file() for name in ESC_META):
+        return "esc50"  # ESC-50 (meta/esc50.csv) and ESC-10 (esc10.csv next to audio/)
     return "folder"

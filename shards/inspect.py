@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tarfile
 from collections import Counter
 from pathlib import Path
 
@@ -81,13 +82,19 @@ def _check_idx(shard: Path, groups: list[tuple[str, dict]]) -> list[str]:
     idx = shard.with_suffix(".idx")
     if not idx.exists():
         return [f"{shard.name}: index {idx.name} missing"]
-    lines = idx.read_text().splitlines()
+    try:
+        lines = idx.read_text(encoding="utf-8").splitlines() or [""]
+    except (OSError, UnicodeDecodeError) as exc:
+        return [f"{idx.name}: unreadable ({type(exc).__name__}: {exc})"]
     problems = []
     if lines[0] != f"{IDX_VERSION} {len(groups)}":
-        problems.append(f"{idx.name}: header {lines[0]!r}, shard holds {len(groups)} samples")
+        problems.append(f"{idx.name}: header {lines[0][:80]!r}, shard holds {len(groups)} samples")
     data = shard.read_bytes()
-    for line, (key, group) in zip(lines[1:], groups):
+    for number, (line, (key, group)) in enumerate(zip(lines[1:], groups), 2):
         fields = line.split(" ")
+        if len(fields) % 4 or not all(f.isdigit() for f in fields[1::4] + fields[2::4]):
+            problems.append(f"{idx.name}: line {number} is malformed (not <ext> <offset> <size> <name> groups)")
+            continue
         for ext, offset, size, name in zip(fields[0::4], fields[1::4], fields[2::4], fields[3::4]):
             blob = data[int(offset):int(offset) + int(size)]
             if name != f"{key}.{ext}" or blob != group.get(ext):
@@ -95,26 +102,59 @@ def _check_idx(shard: Path, groups: list[tuple[str, dict]]) -> list[str]:
     return problems
 
 
+def _read_groups(shard: Path) -> tuple[list[tuple[str, dict]], list[str]]:
+    """The samples readable from a shard, and a problem if the tar breaks off (truncated, damaged)."""
+    groups: list[tuple[str, dict]] = []
+    try:
+        for key, group in iter_raw(shard):
+            groups.append((key, group))
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        return groups, [f"{shard.name}: unreadable after {len(groups)} sample(s) (truncated or damaged tar: "
+                        f"{type(exc).__name__}: {exc})"]
+    return groups, []
+
+
 def verify_dataset(root: str | Path, *, decode: bool = True) -> list[str]:
-    """Re-read every shard: members vs manifest, index vs manifest, idx offsets, decodability."""
+    """Re-read every shard: members vs manifest, index vs manifest, idx offsets, decodability,
+    labels/splits/folds vs each sample's meta. Every problem of every shard is reported."""
     root = Path(root)
     info = read_dataset(root)
     rows = info.by_key()
+    labels = list(info.dataset.get("labels", []))
     problems, seen = [], set()
     for shard in info.shards:
         if not shard.exists():
             problems.append(f"{shard.name}: missing")
             continue
-        groups = list(iter_raw(shard))
+        groups, broken = _read_groups(shard)
+        problems += broken
         problems += _check_idx(shard, groups)
         for key, group in groups:
-            problems += [f"{key}: {p}" for p in _check_sample(key, group, rows.get(key), shard.name, decode)]
+            found = _check_sample(key, group, rows.get(key), shard.name, decode, labels)
+            problems += [f"{key}: {p}" for p in found]
             seen.add(key)
     problems += [f"{k}: in manifest, not in any shard" for k in sorted(set(rows) - seen)]
     return problems
 
 
-def _check_sample(key: str, group: dict, row: dict | None, shard: str, decode: bool) -> list[str]:
+def _check_labels(meta: dict, row: dict, labels: list[str]) -> list[str]:
+    """The manifest's label/split/fold against the sample's own meta.json and the label list."""
+    problems = []
+    for field_name, manifest_value in (("label", row["label"] or None), ("split", row["split"]), ("fold", row["fold"])):
+        if meta.get(field_name) != manifest_value:
+            problems.append(f"{field_name} {meta.get(field_name)!r} in meta.json, {manifest_value!r} in the manifest")
+    label = row["label"] or None
+    expected = labels.index(label) if label in labels else -1
+    if label is not None and label not in labels:
+        problems.append(f"label {label!r} is not in dataset.json's labels")
+    if row["label_index"] != expected or meta.get("label_index") != expected:
+        problems.append(f"label_index {row['label_index']} (manifest) / {meta.get('label_index')} (meta.json), "
+                        f"expected {expected} from dataset.json's labels")
+    return problems
+
+
+def _check_sample(key: str, group: dict, row: dict | None, shard: str, decode: bool,
+                  labels: list[str] | None = None) -> list[str]:
     if row is None:
         return ["in a shard but not in the manifest"]
     problems = []
@@ -140,5 +180,7 @@ def _check_sample(key: str, group: dict, row: dict | None, shard: str, decode: b
         problems.append(f"video decodes to {sample.frames.shape[0]} frames, manifest {row['frames']}")
     if sample.meta.get("key") != key:
         problems.append("meta.json key differs")
+    if labels is not None:
+        problems += _check_labels(sample.meta, row, labels)
     return problems
 

@@ -51,32 +51,57 @@ def _find_tables(data: np.ndarray, start: int, end: int, tables: dict) -> None:
             tables[kind.decode()] = (payload, box_end)
 
 
+def _count(data: np.ndarray, p: int, box_end: int, header: int, entry_bytes: int, what: str) -> int:
+    """An entry count read from a box, bounded by what the box can hold: a count read from a file
+    must never size an allocation on its own (2^32 entries would be a 32 GiB array)."""
+    if p + header > box_end:
+        raise Mp4Error(f"{what} box too short")
+    (n,) = struct.unpack(">I", data[p + header - 4 : p + header].tobytes())
+    if n * entry_bytes > box_end - p - header:
+        raise Mp4Error(f"{what} claims {n} entries, its box holds {(box_end - p - header) // entry_bytes}")
+    return n
+
+
 def frame_table(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(offsets, sizes) int64 arrays, one entry per video frame, for MP4 bytes ``data`` (uint8)."""
+    try:
+        return _frame_table(data)
+    except Mp4Error:
+        raise
+    except (ValueError, IndexError, struct.error) as exc:  # numpy/struct on malformed tables
+        raise Mp4Error(f"malformed sample table: {exc}") from None
+
+
+def _frame_table(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     tables: dict[str, tuple[int, int]] = {}
     _find_tables(data, 0, len(data), tables)
     if "stsz" not in tables or "stsc" not in tables or not ({"stco", "co64"} & set(tables)):
         raise Mp4Error(f"no sample table in the MP4 (found boxes {sorted(tables)})")
-    p, _ = tables["stsz"]
-    uniform, count = struct.unpack(">II", data[p + 4 : p + 12].tobytes())
+    p, end = tables["stsz"]
+    (uniform,) = struct.unpack(">I", data[p + 4 : p + 8].tobytes())
+    count = _count(data, p, end, 12, 0 if uniform else 4, "stsz")
     if uniform:
+        if count * max(uniform, 1) > len(data):  # every frame's bytes lie inside the file
+            raise Mp4Error(f"stsz claims {count} frames of {uniform} bytes in a {len(data)}-byte file")
         sizes = np.full(count, uniform, dtype=np.int64)
     else:
         sizes = np.frombuffer(data[p + 12 : p + 12 + 4 * count].tobytes(), dtype=">u4").astype(np.int64)
     if "stco" in tables:
-        p, _ = tables["stco"]
-        (n_chunks,) = struct.unpack(">I", data[p + 4 : p + 8].tobytes())
+        p, end = tables["stco"]
+        n_chunks = _count(data, p, end, 8, 4, "stco")
         chunk_offsets = np.frombuffer(data[p + 8 : p + 8 + 4 * n_chunks].tobytes(), dtype=">u4").astype(np.int64)
     else:
-        p, _ = tables["co64"]
-        (n_chunks,) = struct.unpack(">I", data[p + 4 : p + 8].tobytes())
+        p, end = tables["co64"]
+        n_chunks = _count(data, p, end, 8, 8, "co64")
         chunk_offsets = np.frombuffer(data[p + 8 : p + 8 + 8 * n_chunks].tobytes(), dtype=">u8").astype(np.int64)
-    p, _ = tables["stsc"]
-    (n_entries,) = struct.unpack(">I", data[p + 4 : p + 8].tobytes())
+    p, end = tables["stsc"]
+    n_entries = _count(data, p, end, 8, 12, "stsc")
     entries = np.frombuffer(data[p + 8 : p + 8 + 12 * n_entries].tobytes(), dtype=">u4").reshape(-1, 3).astype(np.int64)
     # samples per chunk for every chunk (stsc runs: first_chunk (1-based), samples_per_chunk, desc)
     firsts = entries[:, 0] - 1
     runs = np.diff(np.append(firsts, n_chunks))
+    if (runs < 0).any() or (entries[:, 1] > count).any():
+        raise Mp4Error("sample table inconsistent: stsc runs out of order or larger than the sample count")
     per_chunk = np.repeat(entries[:, 1], runs)
     if per_chunk.sum() != count:
         raise Mp4Error(f"sample table inconsistent: {per_chunk.sum()} samples in chunks, {count} sizes")

@@ -50,7 +50,12 @@ class Sample:
 def _read_parquet(path: Path) -> list[dict]:
     import pyarrow.parquet as pq
 
-    return pq.read_table(path).to_pylist() if path.exists() else []
+    if not path.exists():
+        return []
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+        raise ValueError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})") from None
 
 
 def read_dataset(root: str | Path) -> DatasetInfo:
@@ -58,7 +63,12 @@ def read_dataset(root: str | Path) -> DatasetInfo:
     meta_path = root / DATASET_JSON
     if not meta_path.exists():
         raise FileNotFoundError(f"{meta_path} missing: not a finished dataset (run `crisscross shards merge`?)")
-    dataset = json.loads(meta_path.read_text())
+    try:
+        dataset = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{meta_path}: not valid JSON ({exc}); rerun `crisscross shards merge`") from None
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("shards"), list):
+        raise ValueError(f"{meta_path}: not a dataset.json (no list of shards)")
     if dataset.get("format_version") != fmt.FORMAT_VERSION:
         raise ValueError(f"{root}: format version {dataset.get('format_version')}, this reader reads {fmt.FORMAT_VERSION}")
     shards = [root / name for name in dataset["shards"]]
@@ -83,12 +93,28 @@ def iter_raw(tar_path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
         yield key, group
 
 
+# the same picture-size cap as the builder's (media.MediaConfig.max_source_pixels), and a cap on
+# the decoded size of one sample, so a damaged or hostile shard cannot exhaust memory here
+MAX_FRAME_PIXELS = 7680 * 4320
+MAX_DECODED_BYTES = 4 << 30
+
+
 def decode_video(data: bytes) -> np.ndarray:
-    """MJPEG-in-MP4 bytes -> uint8 [T, H, W, 3] RGB."""
+    """MJPEG-in-MP4 bytes -> uint8 [T, H, W, 3] RGB; ValueError for a video over the caps."""
     import av
 
+    frames, total = [], 0
     with av.open(io.BytesIO(data)) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        cc = container.streams.video[0].codec_context
+        if cc.width * cc.height > MAX_FRAME_PIXELS:  # before decoding anything
+            raise ValueError(f"video of {cc.width}x{cc.height} exceeds {MAX_FRAME_PIXELS} pixels")
+        for frame in container.decode(video=0):
+            if frame.width * frame.height > MAX_FRAME_PIXELS:
+                raise ValueError(f"frame of {frame.width}x{frame.height} exceeds {MAX_FRAME_PIXELS} pixels")
+            total += frame.width * frame.height * 3
+            if total > MAX_DECODED_BYTES:
+                raise ValueError(f"video decodes to over {MAX_DECODED_BYTES >> 30} GiB")
+            frames.append(frame.to_ndarray(format="rgb24"))
     return np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -70,13 +71,22 @@ def build_options(args: argparse.Namespace) -> dict:
     return values
 
 
+INTERRUPTED = "interrupted; rerun the same command to resume"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+
+
 def _build(args: argparse.Namespace) -> int:
+    from crisscross.errors import UserError
     from crisscross.preprocess.build import build_shards
 
     if not 0 <= args.task_index < args.num_tasks:
-        raise SystemExit("--task-index must be in [0, --num-tasks)")
-    stats = build_shards(args.input, args.out, num_tasks=args.num_tasks, task_index=args.task_index,
-                         progress=not args.no_progress, **build_options(args))
+        raise UserError("--task-index must be in [0, --num-tasks)")
+    try:
+        stats = build_shards(args.input, args.out, num_tasks=args.num_tasks, task_index=args.task_index,
+                             progress=not args.no_progress, **build_options(args))
+    except KeyboardInterrupt:  # the workers are stopped and their unfinished shards removed
+        print(f"\ncrisscross shards build: {INTERRUPTED}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(stats.summary())
     return 0
 
@@ -127,5 +137,5 @@ def _verify(args: argparse.Namespace) -> int:
     problems = verify_dataset(args.dataset, decode=not args.no_decode)
     for line in problems:
         print("PROBLEM:", line)
-    print(f"verify: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+    print(f"verify: {'OK' if not problems else f'{len(problems)} problem(s)'}", flush=True)
     return 1 if problems else 0
