@@ -294,6 +294,10 @@ def finetune_partition(ctx: RunContext, part: Partition, run_dir: Path, ft: Fine
     for epoch in range(start_epoch, last_epoch):
         t0 = time.perf_counter()
         epoch_steps, seen = train_epoch(ctx, env, ft, trained, opt, train_keys, labels, epoch)
+        if epoch_steps == 0:  # never report an untrained head as a finetuning result
+            raise ValueError(f"finetune: no rank had a full batch of {ft.batch_size // env.world_size} training "
+                             f"clips ({len(train_keys)} training samples over {env.world_size} rank(s)); lower "
+                             "finetune.batch_size or use more data")
         step += epoch_steps
         sched.step()
         read_per_rank = _check_disjoint(gather_objects(sorted(set(seen)), env))
