@@ -313,7 +313,7 @@ def load_sources(input_path: str | Path, adapter: str = "auto", *, video_root: s
 def _detect(path: Path) -> str:
     if path.is_file():
         if path.suffix.lower() == ".csv":
-            with open(path, newline="") as f:
+            with open(path, newline="", encoding="utf-8", errors="replace") as f:  # _read_table reports bad bytes
                 header = next(csv.reader(f), [])
             if "youtube_id" in header:
                 return "kinetics"
