@@ -346,12 +346,12 @@ def test_corrupt_truncated_and_foreign_files(crisscross_release, avid_release, t
     # a valid PyTorch file of another model
     foreign = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), foreign)
-    with pytest.raises(WeightsImportError, match="not an avid-cma checkpoint"):
+    with pytest.raises(WeightsImportError, match="not a checkpoint of the avid-cma release"):
         import_release([foreign], "avid-cma", tmp_path / "e")
     with pytest.raises(WeightsImportError, match="not a CrissCross backbone"):
         import_release([foreign, crisscross_release["audio"]], "crisscross", tmp_path / "e")
     # the wrong release for a real file
-    with pytest.raises(WeightsImportError, match="not an gdt checkpoint"):
+    with pytest.raises(WeightsImportError, match="not a checkpoint of the gdt release"):
         import_release([avid_release["file"]], "gdt", tmp_path / "e")
     # only one of CrissCross's two files
     with pytest.raises(WeightsImportError, match="pass both"):
@@ -410,3 +410,13 @@ def test_init_from_refuses_an_export_of_another_architecture(crisscross_release,
     import_release([crisscross_release["video"], crisscross_release["audio"]], "crisscross", out)
     with pytest.raises(ValueError, match=r"model\.width \(8 here, 64 in the export\)"):
         _build_run_model(tmp_path, [f"run.init_from={out}"])  # the debug preset's tiny model
+
+
+def test_video_only_checkpoint_is_refused_by_name(gdt_release, tmp_path):
+    """GDT's HowTo100M model is video-text: no audio network, so no complete export."""
+    ckpt = dict(gdt_release["ckpt"])
+    ckpt["model"] = {k: v for k, v in ckpt["model"].items() if not k.startswith(("audio_network.", "mlp_a."))}
+    path = tmp_path / "gdt_HT100M.pth"
+    torch.save(ckpt, path)
+    with pytest.raises(WeightsImportError, match="gdt: no audio encoder"):
+        import_release([path], "gdt", tmp_path / "e")

@@ -387,7 +387,7 @@ def _split_state(states: list[tuple[str, dict[str, torch.Tensor]]], release: Rel
                 found[modality] = (state, release.parts[modality].prefix)
             continue
         if release.name != "crisscross":
-            raise WeightsImportError(f"{name}: not an {release.name} checkpoint (no key starts with "
+            raise WeightsImportError(f"{name}: not a checkpoint of the {release.name} release (no key starts with "
                                      f"{[p.prefix for p in release.parts.values()]}; first keys {list(state)[:5]})")
         # a CrissCross release file: one bare backbone; its stem's dimensionality says which
         stem = state.get("conv1.0.weight")
