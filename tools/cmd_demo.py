@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("demo", help="generate clips, build shards, pretrain, evaluate, write a report",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("demo"), help="working folder (report.md lands here)")
-    parser.add_argument("--classes", type=int, default=4, help="number of demo classes (4; at most 8)")
+    parser.add_argument("--classes", type=_class_count, default=4, help="number of demo classes (4; 2 to 8)")
     parser.add_argument("--clips-per-class", type=int, default=16, help="pretraining clips per class")
     parser.add_argument("--eval-clips-per-class", type=int, default=40,
                         help="evaluation clips per class (3/4 train, 1/4 test for the linear SVM; "
@@ -46,6 +46,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the pretraining clips and the run (the evaluation clips use seed+1)")
     parser.set_defaults(func=run)
+
+
+def _class_count(text: str) -> int:
+    """--classes: checked when parsing, so a bad count stops before any clip is generated."""
+    from crisscross.tools.demo_data import MAX_CLASSES
+
+    value = int(text)
+    if not 2 <= value <= MAX_CLASSES:
+        raise argparse.ArgumentTypeError(f"the demo generator has 2 to {MAX_CLASSES} classes, not {value}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
