@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
+from nvidia.dali.backend import TensorCPU
 from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 
 from crisscross.errors import UserError
@@ -263,6 +265,7 @@ class TrainLoader:
             raise ValueError(f"{num_samples} samples over {world_size} ranks cannot fill one batch of {batch_size}")
         self.epoch, self.batch_in_epoch = 0, 0
         self._counts = {"samples": 0, "batches": 0, "fallback_shrunk": 0, "fallback_padded": 0}
+        self._timing = {"batches": 0, "plan_s": 0.0, "feed_s": 0.0, "work_s": 0.0, "to_batch_s": 0.0}
 
     # -- pipelines
     def _build_work(self):
@@ -290,22 +293,42 @@ class TrainLoader:
             raise ShardError(f"reading shards {list(self.shards.tars)} failed: {exc}") from exc
 
     def _run_work(self, plan_outputs) -> tuple:
-        """Feed the plan's batch to the work pipeline and run it. The only per-sample Python:
-        slicing the planned JPEG frames out of each (memory-mapped) MP4 (mjpeg_frames.py)."""
+        """Feed the plan's batch to the work pipeline and run it (the run is timed apart from the
+        feeding, which is this thread's own Python work: see ``timing()``)."""
+        started = time.perf_counter()
+        info, fed_jpegs = self._feed_work(plan_outputs)  # fed_jpegs: kept alive until the run is done
+        fed = time.perf_counter()
+        try:
+            outputs = self._work.run()
+        except RuntimeError as exc:
+            keys = _keys_from_source_info(info)
+            raise ShardError(f"decoding samples {keys} from shard(s) {_shards_of(info)} failed: {exc}") from exc
+        self._timing["feed_s"] += fed - started
+        self._timing["work_s"] += time.perf_counter() - fed
+        del fed_jpegs
+        return outputs
+
+    def _feed_work(self, plan_outputs) -> tuple[np.ndarray, list[list[TensorCPU]]]:
+        """Hand the plan's batch to the work pipeline's external sources; returns the key info
+        and the fed JPEG tensors. The only per-sample Python: slicing the planned JPEG frames out
+        of each (memory-mapped) MP4 (mjpeg_frames.py: one vectorised table lookup per sample, one
+        slice per frame). Each slice is wrapped in a DALI ``TensorCPU`` here (zero-copy):
+        ``feed_input`` then skips its per-element type probing, which cost more than the
+        slicing itself (measured: docs/scaling.md, "The loader's feeding thread")."""
         video, frame_ids, wave1, wave2 = plan_outputs[: len(PLAN_DATA)]
         info = plan_outputs[len(PLAN_DATA)].as_array()
         frame_ids = frame_ids.as_array()
-        per_frame: list[list[np.ndarray]] = [[] for _ in range(frame_ids.shape[1])]
-        for b in range(len(info)):
-            source = bytes(info[b]).rstrip(b"\0").decode("utf-8", "replace")
+        per_frame: list[list[TensorCPU]] = [[None] * len(info) for _ in range(frame_ids.shape[1])]  # type: ignore[list-item]
+        for b, row in enumerate(info):
+            source = row.tobytes().rstrip(b"\0").decode("utf-8", "replace")
             data = np.asarray(video[b])  # zero-copy view
             try:
                 jpegs = jpeg_frames(data, self._frame_tables.get(source, data), frame_ids[b])
             except Mp4Error as exc:
                 key = _keys_from_source_info(info[b : b + 1])[0]
                 raise ShardError(f"sample {key} of shard {source.rsplit(':', 2)[0]}: bad video: {exc}") from exc
-            for j, jpeg in enumerate(jpegs):
-                per_frame[j].append(jpeg)
+            for slot, jpeg in zip(per_frame, jpegs):
+                slot[b] = TensorCPU(jpeg, "")
         for j, jpegs in enumerate(per_frame):
             self._work.feed_input(f"jpeg{j}", jpegs)
         self._work.feed_input("wave1", wave1)
@@ -313,11 +336,7 @@ class TrainLoader:
         draws = plan_outputs[len(PLAN_DATA) + len(PLAN_META) :]
         for name, batch in zip(self._draws.names(), draws):
             self._work.feed_input(name, batch)
-        try:
-            return self._work.run()
-        except RuntimeError as exc:
-            keys = _keys_from_source_info(info)
-            raise ShardError(f"decoding samples {keys} from shard(s) {_shards_of(info)} failed: {exc}") from exc
+        return info, per_frame
 
     # -- iteration
     def __len__(self) -> int:
@@ -326,9 +345,14 @@ class TrainLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         epoch = self.epoch
         while self.epoch == epoch:  # one epoch per iteration, resuming mid-epoch if restored
+            started = time.perf_counter()
             plan = self._pull_plan()
+            self._timing["plan_s"] += time.perf_counter() - started
             work = self._run_work(plan)
+            converted = time.perf_counter()
             batch = self._to_batch(plan, work)
+            self._timing["to_batch_s"] += time.perf_counter() - converted
+            self._timing["batches"] += 1
             self.batch_in_epoch += 1
             if self.batch_in_epoch == self._batches_per_epoch:
                 self._finish_epoch()
@@ -356,6 +380,13 @@ class TrainLoader:
     def stats(self) -> dict[str, int]:
         """Counters since construction: samples, batches, short-clip fallbacks (views.py codes)."""
         return dict(self._counts, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch)
+
+    def timing(self) -> dict[str, float]:
+        """Seconds spent since construction, summed over batches, on the thread that iterates
+        the loader: ``plan_s`` (plan pipeline run), ``feed_s`` (Python: JPEG slicing and
+        ``feed_input`` calls, holding the GIL), ``work_s`` (work pipeline run: decoding and
+        augmentation, GIL released), ``to_batch_s`` (copy into torch tensors and bookkeeping)."""
+        return dict(self._timing)
 
     def _fingerprint(self) -> str:
         return json.dumps([asdict(self.config), self.batch_size, self.rank, self.world_size, self.seed], sort_keys=True, default=str)

@@ -102,9 +102,23 @@ def _ours(shards: Path, args: argparse.Namespace, batch_size: int | None = None,
     batch_size = batch_size or args.batch_size
     loader = build_train_loader({"shards": str(shards), "relaxation": "mild", "num_threads": args.threads},
                                 batch_size=batch_size, device=device, seed=0)
-    result = _time_batches(_endless(loader), batches or args.batches, batch_size)
+    batches_iter = _endless(loader)
+    next(batches_iter)  # pipelines built and warm before the feed counters are read
+    before = loader.timing()
+    result = _time_batches(batches_iter, batches or args.batches, batch_size)
     result["cpu_ms_per_clip"] = 1e3 * result.pop("cpu_s") / result["clips"]
+    result.update(_feed_cost(before, loader.timing(), result["wall_s"], batches or args.batches))
     return result
+
+
+def _feed_cost(before: dict[str, float], after: dict[str, float], wall: float, timed: int) -> dict[str, float]:
+    """What a batch costs in Python on the thread that iterates the loader (in training: the
+    prefetch thread, which competes with the training loop for the GIL): JPEG slicing and
+    ``feed_input`` calls, per batch, and as a share of the timed wall time."""
+    pulled = max(after["batches"] - before["batches"], 1)  # the timed batches and one warm-up
+    per_batch = (after["feed_s"] - before["feed_s"]) / pulled
+    return {"feed_ms_per_batch": 1e3 * per_batch, "feed_share": per_batch * timed / wall,
+            "work_ms_per_batch": 1e3 * (after["work_s"] - before["work_s"]) / pulled}
 
 
 # ----------------------------------------------------------------------------- anchor
@@ -312,6 +326,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "baseline_cpu_ms_per_clip": round(anchor["cpu_ms_per_clip"], 2),
         "cpu_ratio": round(anchor["cpu_ms_per_clip"] / ours["cpu_ms_per_clip"], 2),
         "ours_augmented_frames_per_s": round(ours["clips_per_s"] * frames_per_clip, 1),
+        # Python on the loader's feeding thread per batch (GIL held), and its share of batch time
+        "feed_ms_per_batch": round(ours["feed_ms_per_batch"], 2), "feed_share": round(ours["feed_share"], 4),
+        "feed_ms_per_clip": round(ours["feed_ms_per_batch"] / args.batch_size, 3),
         "long_sources": long,
         "load_average_1min": round(os.getloadavg()[0], 2),
         "config": {"clips": args.clips, "source_size": args.source_size, "batch_size": args.batch_size,
