@@ -77,7 +77,8 @@ def read_release_file(path: str | Path, trust_pickle: bool = False) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no release file at {path}")
-    head = path.read_bytes()[:4] if path.stat().st_size else b""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
     if not head:
         raise WeightsImportError(f"{path}: empty file")
     if head.startswith(b"PK"):
