@@ -183,8 +183,10 @@ def test_eval_report_command_collects_results_from_folders(tmp_path, capsys):
     text = (tmp_path / "report.md").read_text()
     table8 = text.split("**Table 8")[1]
     assert "| ESC50 | 81.2 |" in table8 and "| DCASE | 90.0 |" in table8
-    with pytest.raises(FileNotFoundError):
-        main(["eval", "report", str(tmp_path / "missing")])
+    capsys.readouterr()
+    # a missing input is a one-line error and exit code 2 (the CLI's error rule), not a traceback
+    assert main(["eval", "report", str(tmp_path / "missing")]) == 2
+    assert "no such results file or folder" in capsys.readouterr().err
 
 
 def test_report_averages_official_splits_measured_by_separate_runs():
