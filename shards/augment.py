@@ -156,22 +156,24 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class DrawSpec:
-    """One random draw per sample: ``uniform`` in [lo, hi) or ``coin`` (1.0 with probability p)."""
+    """One random draw per sample: ``uniform`` in [lo, hi) or ``coin`` (1.0 with probability p).
+    ``name`` says which parameter it is (e.g. ``video.hue``): the recipe tests find draws by it."""
 
     kind: str
     lo: float = 0.0
     hi: float = 1.0
     size: int = 0  # 0: a scalar, else a vector of this length
+    name: str = ""
 
 
 class Draws:
     """Source of per-sample random numbers for the augmentation graph."""
 
-    def uniform(self, lo: float, hi: float, size: int = 0) -> DataNode:
-        return self.draw(DrawSpec("uniform", float(lo), float(hi), size))
+    def uniform(self, lo: float, hi: float, size: int = 0, *, name: str = "") -> DataNode:
+        return self.draw(DrawSpec("uniform", float(lo), float(hi), size, name))
 
-    def coin(self, p: float) -> DataNode:
-        return self.draw(DrawSpec("coin", float(p), float(p)))
+    def coin(self, p: float, *, name: str = "") -> DataNode:
+        return self.draw(DrawSpec("coin", float(p), float(p), name=name))
 
     def draw(self, spec: DrawSpec) -> DataNode:
         raise NotImplementedError
@@ -218,8 +220,9 @@ def _multiscale_box(frames: DataNode, aug: VideoAugment, draws: Draws) -> tuple[
     (start [y, x], end [y, x]) in pixels."""
     shape = fn.cast(frames.shape(), dtype=types.FLOAT)  # [F, H, W, C]
     height, width = shape[1], shape[2]
-    area = draws.uniform(*aug.crop_area, size=CROP_ATTEMPTS) * (height * width)
-    log_ratio = draws.uniform(math.log(aug.crop_ratio[0]), math.log(aug.crop_ratio[1]), size=CROP_ATTEMPTS)
+    area = draws.uniform(*aug.crop_area, size=CROP_ATTEMPTS, name="video.crop_area") * (height * width)
+    log_ratio = draws.uniform(math.log(aug.crop_ratio[0]), math.log(aug.crop_ratio[1]), size=CROP_ATTEMPTS,
+                              name="video.crop_log_ratio")
     ratio = dmath.exp(log_ratio)
     box_w = dmath.floor(dmath.sqrt(area * ratio) + 0.5)
     box_h = dmath.floor(dmath.sqrt(area / ratio) + 0.5)
@@ -230,8 +233,8 @@ def _multiscale_box(frames: DataNode, aug: VideoAugment, draws: Draws) -> tuple[
     any_fit = fn.reductions.sum(chosen)  # 1.0 or 0.0
     w = fn.reductions.sum(box_w * chosen) + (1.0 - any_fit) * width
     h = fn.reductions.sum(box_h * chosen) + (1.0 - any_fit) * height
-    y0 = dmath.floor(draws.uniform(0.0, 1.0) * (height - h + 1.0 - 1e-3))
-    x0 = dmath.floor(draws.uniform(0.0, 1.0) * (width - w + 1.0 - 1e-3))
+    y0 = dmath.floor(draws.uniform(0.0, 1.0, name="video.crop_y") * (height - h + 1.0 - 1e-3))
+    x0 = dmath.floor(draws.uniform(0.0, 1.0, name="video.crop_x") * (width - w + 1.0 - 1e-3))
     return fn.stack(y0, x0), fn.stack(y0 + h, x0 + w)
 
 
@@ -248,17 +251,19 @@ def _color_twist(frames: DataNode, aug: VideoAugment, draws: Draws) -> DataNode:
     """Colour jitter and grayscale as one colour matrix per view (grayscale = saturation 0, applied
     after the jitter as torchvision's order; hue rotation in YIQ keeps luma, so this equals
     jitter-then-grayscale)."""
-    jitter = draws.coin(aug.color_jitter_p) if aug.color_jitter else None
+    jitter = draws.coin(aug.color_jitter_p, name="video.color_jitter") if aug.color_jitter else None
 
-    def factor(amount: float) -> DataNode | float:
+    def factor(amount: float, name: str) -> DataNode | float:
         if jitter is None or amount == 0:
             return 1.0
-        return 1.0 + jitter * (draws.uniform(max(0.0, 1 - amount), 1 + amount) - 1.0)
+        return 1.0 + jitter * (draws.uniform(max(0.0, 1 - amount), 1 + amount, name=f"video.{name}") - 1.0)
 
-    brightness, contrast, saturation = factor(aug.brightness), factor(aug.contrast), factor(aug.saturation)
-    hue = jitter * draws.uniform(-360.0 * aug.hue, 360.0 * aug.hue) if (jitter is not None and aug.hue) else 0.0
+    brightness, contrast = factor(aug.brightness, "brightness"), factor(aug.contrast, "contrast")
+    saturation = factor(aug.saturation, "saturation")
+    # degrees (DALI's hue argument); torchvision's hue is a fraction of the circle
+    hue = jitter * draws.uniform(-360.0 * aug.hue, 360.0 * aug.hue, name="video.hue") if (jitter is not None and aug.hue) else 0.0
     if aug.grayscale:
-        saturation = saturation * (1.0 - draws.coin(aug.grayscale_p))
+        saturation = saturation * (1.0 - draws.coin(aug.grayscale_p, name="video.grayscale"))
     return fn.color_twist(frames, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
 
 
@@ -266,8 +271,8 @@ def _blur(frames: DataNode, aug: VideoAugment, draws: Draws) -> DataNode:
     """Gaussian blur (11-tap window, sigma ~ U(0.1, 2)) with probability p. A DALI conditional
     (the graph is built with ``enable_conditionals``) runs the blur only on the chosen samples:
     the blur is the most expensive visual operator, and half the views skip it."""
-    applied = fn.cast(draws.coin(aug.blur_p), dtype=types.BOOL)
-    sigma = draws.uniform(*aug.blur_sigma)
+    applied = fn.cast(draws.coin(aug.blur_p, name="video.blur"), dtype=types.BOOL)
+    sigma = draws.uniform(*aug.blur_sigma, name="video.blur_sigma")
     if applied:
         frames = fn.gaussian_blur(frames, window_size=aug.blur_kernel, sigma=sigma)
     return frames
@@ -277,8 +282,8 @@ def _cutout(frames: DataNode, aug: VideoAugment, crop: int, draws: Draws) -> Dat
     """One square hole per view (same place in every frame), filled with the per-channel mean of
     the view's first frame (the paper; the official code multiplies instead, which we do not copy).
     As the reference implementation, the centre is uniform over the image and the square is clipped."""
-    side = dmath.floor(draws.uniform(1.0, aug.cutout_max_size + 1.0 - 1e-3))
-    centre = draws.uniform(0.0, float(crop), size=2)
+    side = dmath.floor(draws.uniform(1.0, aug.cutout_max_size + 1.0 - 1e-3, name="video.cutout_side"))
+    centre = draws.uniform(0.0, float(crop), size=2, name="video.cutout_centre")
     anchor = dmath.floor(centre - side / 2.0)
     fill = fn.reductions.mean(fn.cast(frames[0], dtype=types.FLOAT), axes=[0, 1])
     if fill.device == "gpu":  # operator arguments live on the CPU: a small GPU->CPU copy per view
@@ -295,7 +300,7 @@ def augment_video(frames: DataNode, aug: VideoAugment, crop: int, draws: Draws) 
         frames = _blur(frames, aug, draws)
     if aug.cutout:
         frames = _cutout(frames, aug, crop, draws)
-    mirror = fn.cast(draws.coin(aug.flip_p), dtype=types.INT32) if aug.flip else 0
+    mirror = fn.cast(draws.coin(aug.flip_p, name="video.flip"), dtype=types.INT32) if aug.flip else 0
     return fn.crop_mirror_normalize(
         frames,
         mirror=mirror,
@@ -359,8 +364,8 @@ def _time_warp(spec: DataNode, aug: AudioAugment, n_mels: int, n_frames: int, dr
     """SpecAugment time warp: the frame at ``w0`` moves to ``w0 + d`` (|d| < window), both sides
     resized linearly (as s3prl's implementation, which the paper uses)."""
     window = min(aug.time_warp_window, max(n_frames // 2 - 1, 1))
-    centre = dmath.floor(draws.uniform(float(window), float(n_frames - window)))
-    shift = dmath.floor(draws.uniform(float(-window + 1), float(window)))
+    centre = dmath.floor(draws.uniform(float(window), float(n_frames - window), name="audio.time_warp_centre"))
+    shift = dmath.floor(draws.uniform(float(-window + 1), float(window), name="audio.time_warp_shift"))
     zero = 0.0 * centre
     left = fn.slice(spec, fn.stack(zero, zero), fn.stack(zero + n_mels, centre), axes=[0, 1], **_PIXELS)
     right = fn.slice(spec, fn.stack(zero, centre), fn.stack(zero + n_mels, n_frames - centre), axes=[0, 1], **_PIXELS)
@@ -375,8 +380,9 @@ def _masks(spec: DataNode, aug: AudioAugment, n_mels: int, n_frames: int, draws:
     regions = [(0, aug.freq_mask_max, n_mels)] * (aug.freq_mask_num if aug.freq_mask else 0)
     regions += [(1, aug.time_mask_max, n_frames)] * (aug.time_mask_num if aug.time_mask else 0)
     for axis, max_width, extent in regions:
-        width = dmath.floor(draws.uniform(0.0, max_width + 1.0 - 1e-3))
-        start = dmath.floor(draws.uniform(0.0, 1.0) * (extent - width + 1.0 - 1e-3))
+        kind = "freq" if axis == 0 else "time"
+        width = dmath.floor(draws.uniform(0.0, max_width + 1.0 - 1e-3, name=f"audio.{kind}_mask_width"))
+        start = dmath.floor(draws.uniform(0.0, 1.0, name=f"audio.{kind}_mask_start") * (extent - width + 1.0 - 1e-3))
         zero = 0.0 * width
         other_extent = float(n_frames if axis == 0 else n_mels)
         if axis == 0:
@@ -397,10 +403,10 @@ def _random_resized_crop(spec: DataNode, aug: AudioAugment, n_mels: int, n_frame
     uniform position, resize it back to (F, T) bicubically."""
     canvas_f = int(n_mels * aug.crop_virtual_scale[0])
     canvas_t = int(n_frames * aug.crop_virtual_scale[1])
-    box_f = dmath.clamp(dmath.floor(draws.uniform(*aug.crop_freq_scale) * n_mels), 1.0, float(canvas_f))
-    box_t = dmath.clamp(dmath.floor(draws.uniform(*aug.crop_time_scale) * n_frames), 1.0, float(canvas_t))
-    top = dmath.floor(draws.uniform(0.0, 1.0) * (canvas_f - box_f + 1.0 - 1e-3))
-    left = dmath.floor(draws.uniform(0.0, 1.0) * (canvas_t - box_t + 1.0 - 1e-3))
+    box_f = dmath.clamp(dmath.floor(draws.uniform(*aug.crop_freq_scale, name="audio.crop_freq_scale") * n_mels), 1.0, float(canvas_f))
+    box_t = dmath.clamp(dmath.floor(draws.uniform(*aug.crop_time_scale, name="audio.crop_time_scale") * n_frames), 1.0, float(canvas_t))
+    top = dmath.floor(draws.uniform(0.0, 1.0, name="audio.crop_top") * (canvas_f - box_f + 1.0 - 1e-3))
+    left = dmath.floor(draws.uniform(0.0, 1.0, name="audio.crop_left") * (canvas_t - box_t + 1.0 - 1e-3))
     # Canvas coordinates -> input coordinates (the input sits centred on the canvas).
     top = top - float((canvas_f - n_mels) // 2)
     left = left - float((canvas_t - n_frames) // 2)
@@ -420,7 +426,7 @@ def _random_resized_crop(spec: DataNode, aug: AudioAugment, n_mels: int, n_frame
 def augment_audio(wave: DataNode, aug: AudioAugment, mel: LogMel, num_samples: int, draws: Draws) -> DataNode:
     """float32 waveform ``[N]`` -> ``[1, n_mels, N // hop]`` float32 normalized log-mel."""
     if aug.volume:
-        wave = wave * draws.uniform(1.0 - aug.volume_range, 1.0 + aug.volume_range)
+        wave = wave * draws.uniform(1.0 - aug.volume_range, 1.0 + aug.volume_range, name="audio.volume")
     spec = log_mel(wave, mel, num_samples)
     if mel.normalize:
         spec = (spec - mel.mean) * (1.0 / mel.std)
