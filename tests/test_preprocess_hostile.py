@@ -225,3 +225,14 @@ def test_a_malformed_manifest_is_one_clear_error_naming_the_file(tmp_path, conte
 def test_build_options_are_range_checked(field, value):
     with pytest.raises(ValueError, match=field):
         BuildConfig(**{field: value}).validate()
+
+
+@pytest.mark.parametrize("override, key", [("data.shuffle_buffer=2147483648", "data.shuffle_buffer"),
+                                           ("run.max_steps=-1", "run.max_steps"), ("optim.lr=-1e-4", "optim.lr"),
+                                           ("optim.lr=.nan", "optim.lr"), ("run.dir=/", "run.dir"),
+                                           ("optim.betas=[0.9,1.5]", "optim.betas")])
+def test_training_options_are_range_checked(override, key):
+    from crisscross.train.config import resolve_config
+
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        resolve_config("demo", [override])

@@ -196,6 +196,42 @@ def validate(config: dict[str, Any]) -> None:
         raise ValueError("optim.batch_size and run.epochs must be >= 1")
     if len(optim["betas"]) != 2:
         raise ValueError("optim.betas needs two values")
+    _check_ranges(config)
+
+
+_INT32_MAX = 2**31 - 1  # DALI takes int32 arguments: a larger shuffle_buffer crashes it without a message
+# dotted key -> (low, high) inclusive; None values are allowed where the default is None
+_RANGES: dict[str, tuple[float, float]] = {
+    "run.seed": (0, 2**32 - 1), "run.epochs": (1, _INT32_MAX), "run.epoch_size": (1, 2**53),
+    "run.max_steps": (1, 2**53), "run.num_threads": (1, 4096), "run.prefetch": (0, 64),
+    "run.log_every": (1, 2**53), "run.checkpoint_every": (1, 2**53), "run.keep_checkpoints": (0, 2**20),
+    "run.keep_every": (1, 2**53),
+    "optim.batch_size": (1, _INT32_MAX), "optim.lr": (0.0, 1e3), "optim.end_lr": (0.0, 1e3),
+    "optim.pred_lr": (0.0, 1e3), "optim.warmup_epochs": (0.0, 1e6), "optim.weight_decay": (0.0, 1e3),
+    "optim.larc_trust": (0.0, 1e3),
+    "data.shuffle_buffer": (1, _INT32_MAX), "data.prefetch": (0, 1024), "data.num_threads": (1, 4096),
+}
+
+
+def _check_ranges(config: dict[str, Any]) -> None:
+    """Every numeric option within a sane range (a negative LR, run.max_steps=-1 or a 2^31 shuffle
+    buffer would otherwise run, crash DALI, or never stop), and a run folder that is not a root."""
+    import math
+
+    for dotted, (low, high) in _RANGES.items():
+        section, key = dotted.split(".")
+        value = config.get(section, {}).get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not low <= value <= high:
+            raise ValueError(f"{dotted} must be a number in [{low}, {high}], got {value!r}")
+    for beta in config["optim"]["betas"]:
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
+            raise ValueError(f"optim.betas must lie in [0, 1), got {config['optim']['betas']!r}")
+    run_dir = str(config["run"]["dir"] or "").strip()
+    if not run_dir or Path(run_dir).expanduser().resolve() in (Path("/"), Path.home().resolve()):
+        raise ValueError(f"run.dir {config['run']['dir']!r} must name a folder of its own (not /, ~ or empty)")
 
 
 def save_config(config: dict[str, Any], path: Path) -> None:
