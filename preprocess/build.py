@@ -160,12 +160,16 @@ def merge(out_dir: str | Path) -> BuildStats:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from crisscross.errors import UserError
+
     out_dir = Path(out_dir)
+    if not (out_dir / PLAN_FILE).is_file():
+        raise UserError(f"{out_dir} holds no shard build ({PLAN_FILE} missing)")
     plan = json.loads((out_dir / PLAN_FILE).read_text())
     cfg = BuildConfig(**plan["config"])
     missing = [j for j in range(len(plan["shards"])) if not shard_is_complete(out_dir, cfg, j)]
     if missing:
-        raise RuntimeError(f"{len(missing)} shard(s) not complete yet (e.g. {missing[:5]}); run the missing tasks first")
+        raise UserError(f"{len(missing)} shard(s) not complete yet (e.g. {missing[:5]}); run the missing tasks first")
     _remove_temp_files(out_dir)
     parts = [json.loads(part_path(out_dir, j).read_text()) for j in range(len(plan["shards"]))]
     rows = [row for p in parts for row in p["samples"]]

@@ -236,3 +236,35 @@ def test_training_options_are_range_checked(override, key):
 
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         resolve_config("demo", [override])
+
+
+def test_a_file_ffmpeg_refuses_is_never_hashed(tmp_path, monkeypatch):
+    """A 20 GiB sparse file of zeros: refused from its header (not_media), not read whole first."""
+    from crisscross.preprocess import samples
+    from crisscross.preprocess.plan import SampleSpec
+    from crisscross.preprocess.sources import SourceItem
+
+    big = tmp_path / "huge.mp4"
+    with open(big, "wb") as f:
+        f.truncate(20 << 30)
+
+    def no_hash(path):
+        raise AssertionError(f"hashed {path} before checking its format")
+
+    monkeypatch.setattr(samples, "_sha256", no_hash)
+    item = SourceItem(str(big), "huge.mp4")
+    result = samples.decode_group(item, [SampleSpec("k", item, 0, 0.0, None)], BuildConfig())
+    assert isinstance(result, media.MediaError) and result.reason == "not_media"
+
+
+def test_verify_caps_the_decoded_frame_size(shared_data, tmp_path, monkeypatch):
+    from crisscross.shards import reader
+
+    out = tmp_path / "ds"
+    src = tmp_path / "src"
+    src.mkdir()
+    os.symlink(shared_data / GRID, src / "a.mpg")
+    build_shards(src, out, progress=False)
+    monkeypatch.setattr(reader, "MAX_FRAME_PIXELS", 100 * 100)  # the 112-px-high clip is over it
+    problems = verify_dataset(out)
+    assert problems and all("exceeds 10000 pixels" in p for p in problems)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from crisscross.errors import UserError
 from crisscross.preprocess.build import build_shards, merge
 from crisscross.shards.reader import read_dataset
 
@@ -132,7 +133,7 @@ def test_job_array_plus_merge_and_pool_give_the_same_dataset(src, reference, tmp
     for task in range(3):
         per_task.append(build_shards(src, array, num_tasks=3, task_index=task, workers=1, progress=False, **OPTS))
         if task < 2:
-            with pytest.raises(RuntimeError, match="not complete"):
+            with pytest.raises(UserError, match="not complete"):
                 merge(array)
     merged = merge(array)
     assert sum(t.samples for t in per_task) == merged.samples and sum(t.shards for t in per_task) == merged.shards
