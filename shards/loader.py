@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -39,6 +40,7 @@ from crisscross.shards.pipelines import (
     build_pipeline,
     eval_graph,
     plan_graph,
+    probe_gpu_video_decoder,
     work_graph,
 )
 from crisscross.shards.views import FALLBACK_PADDED, FALLBACK_SHRUNK, RELAXATION_MODES, VIEW_ALIGNMENTS, ViewGeometry
@@ -434,6 +436,24 @@ def rank_part(num_samples: int, rank: int, world_size: int) -> tuple[int, int]:
     return num_samples * rank // world_size, num_samples * (rank + 1) // world_size
 
 
+_VIDEO_DECODERS: dict[tuple[int, str], str] = {}  # (GPU, first shard) -> "mixed" | "cpu", probed once per process
+
+
+def choose_video_decoder(reader: ReaderSpec, device_id: int, probe=probe_gpu_video_decoder) -> str:
+    """``mixed`` (NVDEC) when it decodes the reader's first shard on GPU ``device_id``, else ``cpu``
+    (said once on stderr). The probe decodes one frame; its answer is kept for the process."""
+    key = (device_id, reader.paths[0])
+    if key not in _VIDEO_DECODERS:
+        first = replace(reader, paths=reader.paths[:1], shard_id=0, num_shards=1, shuffle=False,
+                                    index_paths=reader.index_paths[:1] if reader.index_paths else None)
+        error = probe(first, device_id)
+        if error:
+            print(f"note: NVDEC does not decode these shards' video on GPU {device_id} ({error}); the evaluation "
+                  "loader decodes video on the CPU and augments it on the GPU", file=sys.stderr)
+        _VIDEO_DECODERS[key] = "cpu" if error else "mixed"
+    return _VIDEO_DECODERS[key]
+
+
 class EvalLoader:
     """One rank's part of the dataset (all of it in a world of one), every sample of it exactly
     once, K clips each; labels from the manifest.
@@ -456,8 +476,12 @@ class EvalLoader:
         reader = ReaderSpec(paths=shards.tars, index_paths=shards.indexes, shard_id=rank, num_shards=world_size,
                             shuffle=shuffle, shuffle_buffer=shuffle_buffer, audio_format=shards.audio_format)
 
+        # NVDEC where it takes the shards' MJPEG, else the CPU decoder feeding the GPU graph
+        self.video_decoder = (choose_video_decoder(reader, device_id) if dali_device == "gpu" and spec.video
+                              else "mixed" if dali_device == "gpu" else "cpu")
+
         def graph():
-            return eval_graph(spec, reader, dali_device)
+            return eval_graph(spec, reader, dali_device, self.video_decoder)
 
         try:
             self._pipe = build_pipeline(graph, device=dali_device, batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed)

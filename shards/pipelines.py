@@ -132,8 +132,13 @@ def _frame_list(span: ClipSpan, first: DataNode, geo: ViewGeometry) -> DataNode:
     return fn.cast(dmath.min(frames, fn.cast(dmath.max(span.num_frames - 1.0, 0.0), dtype=types.INT32)), dtype=types.INT32)
 
 
-def _decode(video: DataNode, frames: DataNode, device: str) -> DataNode:
-    return fn.decoders.video(video, device="mixed" if device == "gpu" else "cpu", frames=frames)
+def _decode(video: DataNode, frames: DataNode, device: str, decoder: str | None = None) -> DataNode:
+    """Decode the listed frames. ``decoder``: ``mixed`` (NVDEC) or ``cpu`` (FFmpeg); by default
+    the graph's device. CPU-decoded frames of a GPU graph move to the GPU for what follows
+    (the evaluation loader chooses ``cpu`` where NVDEC does not take the shards' MJPEG)."""
+    decoder = decoder or ("mixed" if device == "gpu" else "cpu")
+    decoded = fn.decoders.video(video, device=decoder, frames=frames)
+    return decoded.gpu() if device == "gpu" and decoder == "cpu" else decoded
 
 
 def _audio_window(pcm: DataNode, first: DataNode, num_samples: int) -> DataNode:
@@ -229,7 +234,7 @@ def _eval_starts(span: ClipSpan, spec: EvalGraphSpec) -> DataNode:
     return lo + fractions * width
 
 
-def eval_graph(spec: EvalGraphSpec, reader: ReaderSpec, device: str) -> tuple[DataNode, ...]:
+def eval_graph(spec: EvalGraphSpec, reader: ReaderSpec, device: str, video_decoder: str | None = None) -> tuple[DataNode, ...]:
     """Outputs (each optional by modality): video [K,3,T,crop,crop], audio [K,1,80,F]; then key bytes."""
     if not (spec.video or spec.audio):
         raise ValueError("eval graph needs at least one modality")
@@ -244,7 +249,7 @@ def eval_graph(spec: EvalGraphSpec, reader: ReaderSpec, device: str) -> tuple[Da
     if spec.video:
         video = components[0]
         frame_ids = fn.cat(*[_frame_list(span, start_frame(span, starts[k]), geo) for k in range(spec.clips)])
-        decoded = _decode(video, frame_ids, device)
+        decoded = _decode(video, frame_ids, device, video_decoder)
         clips = [augment_video(decoded[k * geo.frames : (k + 1) * geo.frames], spec.video_aug, spec.crop, draws) for k in range(spec.clips)]
         outputs.append(fn.stack(*clips))
     if spec.audio:
@@ -256,6 +261,23 @@ def eval_graph(spec: EvalGraphSpec, reader: ReaderSpec, device: str) -> tuple[Da
         outputs.append(fn.stack(*clips))
     outputs.append(_key_bytes(index))
     return tuple(outputs)
+
+
+def probe_gpu_video_decoder(reader: ReaderSpec, device_id: int) -> str | None:
+    """Decode the first frame of the reader's first sample with NVDEC (``mixed``): None when that
+    works, else DALI's error. Whether NVDEC takes JPEG (the shards' all-intra MJPEG) depends on the
+    GPU (DALI asks ``cuvidGetDecoderCaps``), so the evaluation loader asks once instead of assuming."""
+
+    def graph():
+        (video,) = _reader(reader, [shard_format.VIDEO_EXT])
+        return (fn.decoders.video(video, device="mixed", frames=[0]),)
+
+    try:
+        pipe = build_pipeline(graph, device="gpu", batch_size=1, num_threads=1, device_id=device_id, seed=0, prefetch=1)
+        pipe.run()
+    except RuntimeError as exc:
+        return " ".join(str(exc).split())[:500] or type(exc).__name__
+    return None
 
 
 def build_pipeline(

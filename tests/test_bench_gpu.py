@@ -50,3 +50,32 @@ def test_cuda_only_steps_say_why_they_skip():
     two = {**torch_ok, "torch": {"status": "PASS", "figures": {"cuda_devices": 2}}}
     assert _skip_reason("ddp_pretrain", "cuda", two) is None
     assert "no shards" in _skip_reason("loader", "cuda", {"shards": {"status": "FAIL"}})
+
+
+def test_eval_loader_falls_back_to_cpu_decoding_when_nvdec_refuses(monkeypatch):
+    from crisscross.shards import loader
+    from crisscross.shards.pipelines import ReaderSpec
+
+    monkeypatch.setattr(loader, "_VIDEO_DECODERS", {})
+    calls = []
+
+    def refuses(reader, device_id):
+        calls.append((reader.paths, reader.shard_id, reader.num_shards))
+        return "Codec configuration not supported on this GPU. Codec: JPEG"
+
+    reader = ReaderSpec(paths=("a.tar", "b.tar"), shard_id=1, num_shards=2, shuffle=True)
+    assert loader.choose_video_decoder(reader, 0, probe=refuses) == "cpu"
+    assert loader.choose_video_decoder(reader, 0, probe=refuses) == "cpu"
+    assert calls == [(("a.tar",), 0, 1)]  # probed once, on the first shard only
+    assert loader.choose_video_decoder(reader, 1, probe=lambda r, d: None) == "mixed"  # another GPU: its own answer
+
+
+def test_nvdec_probe_reports_instead_of_raising_without_a_gpu(tmp_path):
+    import torch
+
+    from crisscross.shards.pipelines import ReaderSpec, probe_gpu_video_decoder
+
+    if torch.cuda.is_available():
+        pytest.skip("this checks the no-GPU answer")
+    error = probe_gpu_video_decoder(ReaderSpec(paths=(str(tmp_path / "missing.tar"),)), 0)
+    assert isinstance(error, str) and error

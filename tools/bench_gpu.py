@@ -19,8 +19,8 @@ Steps, in order:
 5. ``pretrain_full``: a few steps of the paper-size model (kinetics_sound preset) with
    channels_last and LARC (on a CPU: a scaled-down model, to check the plumbing only).
 6. ``bench_train``: ``crisscross bench train`` end to end vs its synthetic ceiling (ratio, MFU).
-7. ``eval_decoder``: the evaluation loader with the GPU video decoder (NVDEC) on the MJPEG shards;
-   if NVDEC refuses MJPEG, the CPU decoder is measured instead and the step says so.
+7. ``eval_decoder``: does NVDEC take the shards' MJPEG? Then the evaluation loader on the GPU
+   (which makes the same check and falls back to CPU decoding by itself): clips/s, decoder chosen.
 8. ``ddp_pretrain`` / ``ddp_finetune`` (2+ GPUs): a 2-rank torchrun pretraining (NCCL,
    SyncBatchNorm) and a 2-rank finetune.
 
@@ -341,17 +341,17 @@ def step_bench_train(device: str, work: Path, sizes: dict[str, int]) -> dict[str
 
 
 def step_eval_decoder(device: str, work: Path, sizes: dict[str, int]) -> dict[str, Any]:
-    figures: dict[str, Any] = {}
-    try:
-        figures.update(_time_eval_loader(work, sizes, "cuda:0"))
-        figures["nvdec_mjpeg"] = True
-    except Exception as exc:  # noqa: BLE001 - the finding is whether NVDEC takes MJPEG at all
-        figures["nvdec_mjpeg"] = False
-        figures["nvdec_error"] = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
-        figures["cpu_decoder"] = _time_eval_loader(work, sizes, "cpu")
-        raise RuntimeError(f"NVDEC does not decode the MJPEG shards ({figures['nvdec_error']}); CPU decoder: "
-                           f"{figures['cpu_decoder']['clips_per_s']} clips/s. No automatic fallback in the eval loader yet; "
-                           f"figures: {json.dumps(figures)}") from exc
+    """The evaluation loader on the GPU: it asks NVDEC once whether it takes the shards' MJPEG and
+    decodes there, or on the CPU (feeding the GPU graph) when it does not; both are measured."""
+    from crisscross.shards.loader import find_shards
+    from crisscross.shards.pipelines import ReaderSpec, probe_gpu_video_decoder
+
+    shards = find_shards(work / "shards")
+    error = probe_gpu_video_decoder(ReaderSpec(paths=shards.tars[:1], index_paths=shards.indexes[:1] if shards.indexes else None), 0)
+    figures: dict[str, Any] = {"nvdec_mjpeg": error is None, **({"nvdec_error": error[:300]} if error else {})}
+    figures.update(_time_eval_loader(work, sizes, "cuda:0"))
+    if figures["decoder"] != ("mixed" if error is None else "cpu"):
+        raise RuntimeError(f"the eval loader chose {figures['decoder']!r} although the probe said {error or 'NVDEC works'}")
     return figures
 
 
@@ -365,7 +365,8 @@ def _time_eval_loader(work: Path, sizes: dict[str, int], device: str) -> dict[st
         clips += batch["video"].shape[0] * batch["video"].shape[1]
     _sync("cuda" if device.startswith("cuda") else "cpu")
     elapsed = time.perf_counter() - start
-    return {"clips_per_s": round(clips / elapsed, 1), "clips": clips, **_peak_mem("cuda" if device.startswith("cuda") else "cpu")}
+    return {"decoder": loader.video_decoder, "clips_per_s": round(clips / elapsed, 1), "clips": clips,
+            **_peak_mem("cuda" if device.startswith("cuda") else "cpu")}
 
 
 def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
