@@ -366,19 +366,24 @@ class _VideoTrack:
 
 
 class _AudioTrack:
-    def __init__(self, grid_origin: float | None):
+    def __init__(self, grid_origin: float | None, keep_from: float | None = None):
         # the stream's start: output samples stay on ITS 1/rate grid even when decoding began
         # later (after a seek), so a clip's audio does not depend on where decoding started
         self.grid_origin = grid_origin
+        # audio ending before this instant is dropped while decoding: memory stays bounded by the
+        # spans' window even when decoding starts far before them (a seek that overshot)
+        self.keep_from = keep_from
         self.resampler = None  # made at the first frame: planar float at the native rate
         self.native_rate: int | None = None
         self.start: float | None = None
+        self._first: float | None = None
+        self._dropped = 0  # whole samples dropped from the front (start stays exact: no float drift)
         self.chunks: list[np.ndarray] = []
         self.samples = 0
 
     def add(self, frame, t: float) -> None:
         if self.resampler is None:
-            self.start, self.native_rate = t, frame.sample_rate
+            self.start, self._first, self.native_rate = t, t, frame.sample_rate
             self.resampler = av.AudioResampler(format="fltp", layout=frame.layout.name, rate=self.native_rate)
         for out in self.resampler.resample(frame):
             self._append(out)
@@ -387,6 +392,12 @@ class _AudioTrack:
         planar = out.to_ndarray()  # [channels, samples]; averaged once at the end (cheaper per frame)
         self.chunks.append(planar)
         self.samples += planar.shape[1]
+        while self.keep_from is not None and len(self.chunks) > 1 and \
+                self.start + self.chunks[0].shape[1] / self.native_rate < self.keep_from:
+            dropped = self.chunks.pop(0).shape[1]
+            self.samples -= dropped
+            self._dropped += dropped
+            self.start = self._first + self._dropped / self.native_rate
 
     def end_time(self) -> float | None:
         return None if self.start is None else self.start + self.samples / self.native_rate
@@ -429,8 +440,8 @@ def _decode_path(path, spans, cfg: MediaConfig, need_video: bool, need_audio: bo
         last_end = max(e for _, e in spans)
         interval = 1.0 / float(vs.average_rate) if vs is not None and vs.average_rate else 1.0 / cfg.fps
         video = _VideoTrack(spans, cfg, interval, _pixel_aspect(vs)) if vs is not None else None
-        audio = _AudioTrack(_stream_start(as_) - origin if _stream_start(as_) is not None else None) \
-            if as_ is not None else None
+        audio = _AudioTrack(_stream_start(as_) - origin if _stream_start(as_) is not None else None,
+                            keep_from=min(s for s, _ in spans) - SEEK_MARGIN) if as_ is not None else None
         for stream in (vs, as_):
             if stream is not None:
                 stream.codec_context.thread_count = cfg.decoder_threads
@@ -513,7 +524,9 @@ def _cut_audio(clip: ClipMedia, audio: np.ndarray, audio_start: float, rate: int
     if last <= first:
         return
     clip.audio_pcm = _to_int16(audio[first:last])
-    clip.audio_offset = audio_start + first / rate - clip.span_start
+    # to the nanosecond: the same instant reached by different float sums (decoding from a seek
+    # point, or from the start with leading audio dropped) gives the same index bytes
+    clip.audio_offset = round(audio_start + first / rate - clip.span_start, 9) + 0.0  # + 0.0: never -0.0
 
 
 def _source_info(container, vs, as_) -> dict:
