@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crisscross.errors import UserError
 from crisscross.shards import format as fmt
 from crisscross.shards.reader import decode_sample, iter_raw, read_dataset
 from crisscross.shards.writer import IDX_VERSION, sample_digest
@@ -41,16 +42,23 @@ def summarize(root: str | Path) -> dict:
     return summary
 
 
+class SampleNotFound(UserError, KeyError):
+    """``--key`` names no sample of the dataset (a KeyError for callers; one line on the command line)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 def _find(root: Path, key: str | None) -> tuple[str, dict[str, bytes]]:
     info = read_dataset(root)
     rows = info.by_key()
     if key is not None and key not in rows:
-        raise KeyError(f"no sample {key!r} in {root}")
+        raise SampleNotFound(f"no sample {key!r} in {root} (its manifest.parquet lists the keys)")
     shard = root / (rows[key]["shard"] if key else info.manifest[0]["shard"])
     for k, group in iter_raw(shard):
         if key is None or k == key:
             return k, group
-    raise KeyError(f"{key!r} listed in the manifest but missing from {shard}")
+    raise SampleNotFound(f"{key!r} listed in the manifest but missing from {shard}")
 
 
 def dump_sample(root: str | Path, key: str | None = None, out_dir: str | Path | None = None) -> dict:

@@ -46,6 +46,16 @@ def test_shards_readers_on_a_missing_dataset(tmp_path, sub):
     assert_one_line_error(proc, f"shards {sub}", str(tmp_path / "nope"))
 
 
+def test_shards_inspect_unknown_key(tmp_path):
+    from crisscross.preprocess.build import build_shards
+    from crisscross.tools.demo_data import generate_demo_clips
+
+    manifest = generate_demo_clips(tmp_path / "clips", num_classes=2, clips_per_class=1, seconds=2.0)
+    build_shards(manifest, tmp_path / "shards", name="d", progress=False)
+    proc = crisscross("shards", "inspect", str(tmp_path / "shards"), "--key", "nope", cwd=tmp_path)
+    assert_one_line_error(proc, "shards inspect", "no sample 'nope'")
+
+
 def test_pretrain_unknown_preset(tmp_path):
     proc = crisscross("pretrain", "--config", "kinetics_sund", cwd=tmp_path)
     assert_one_line_error(proc, "pretrain", "kinetics_sund", "kinetics_sound")
