@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from crisscross.preprocess import media
-from crisscross.preprocess.sources import MAX_SPAN_SECONDS, SourceItem, invalid_item, load_sources
+from crisscross.preprocess.sources import MAX_SPAN_SECONDS, SourceItem, bad_name, invalid_item, load_sources
 from crisscross.shards import format as fmt
 from crisscross.shards.atomic import atomic_write
 
@@ -149,6 +149,11 @@ def plan_samples(items: list[SourceItem], cfg: BuildConfig) -> list[SampleSpec]:
     specs = []
     for n, item in enumerate(items):
         spans: list[tuple[float, float | None]] = [(0.0, None)]
+        shown = bad_name(item.path)
+        if shown is not None and not item.invalid_reason:  # any adapter: a path JSON cannot hold as is
+            item = items[n] = invalid_item(dataclasses.replace(item, path=shown, source_id=bad_name(item.source_id)
+                                                               or item.source_id), "bad_filename",
+                                           f"file name is not UTF-8: {shown}")
         if not item.invalid_reason:
             try:
                 spans = clip_spans(item, cfg.clip_seconds, cfg.min_seconds)

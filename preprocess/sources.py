@@ -49,7 +49,7 @@ def _abs(path: str | Path) -> Path:
     return Path(os.path.abspath(path))
 
 
-def _bad_name(text: str) -> str | None:
+def bad_name(text: str) -> str | None:
     """None for a name that is valid UTF-8; else the name with its undecodable bytes shown as \\xNN."""
     try:
         text.encode("utf-8")
@@ -94,9 +94,9 @@ def from_folder(root: str | Path) -> list[SourceItem]:
     for path in _walk_files(root):
         rel = path.relative_to(root)
         label = rel.parts[0] if len(rel.parts) > 1 else None
-        shown = _bad_name(str(path))
+        shown = bad_name(str(path))
         if shown is not None:  # cannot be written to JSON/parquet as is: an error row under a readable name
-            item = SourceItem(shown, _bad_name(rel.as_posix()) or rel.as_posix(), label=_bad_name(label or "") or label)
+            item = SourceItem(shown, bad_name(rel.as_posix()) or rel.as_posix(), label=bad_name(label or "") or label)
             items.append(invalid_item(item, "bad_filename", f"file name is not UTF-8: {shown}"))
             continue
         items.append(SourceItem(str(path), rel.as_posix(), label=label))
@@ -170,9 +170,9 @@ def from_manifest(path: str | Path) -> list[SourceItem]:
         raise ValueError(f"{path}: manifest needs a 'path' column, has {sorted(rows[0])}")
     items = []
     for number, row in enumerate(rows, 1):
-        rel = str(row["path"])
-        if not rel or rel == "None":
-            raise ValueError(f"{path}: row {number} has an empty path")
+        rel = str(row.get("path") or "")
+        if not rel:
+            raise ValueError(f"{path}: row {number} has no path")
         full = _abs(rel if os.path.isabs(rel) else path.parent / rel)  # never the working directory
         start, end = _opt_float(row.get("start")), _opt_float(row.get("end"))
         source_id = rel if start is None and end is None else f"{rel}#{start}-{end}"
@@ -191,7 +191,11 @@ def from_kinetics(csv_path: str | Path, video_root: str | Path) -> list[SourceIt
     root = _abs(video_root)
     by_stem = {p.stem: p for p in _walk_files(root)}
     items = []
-    for row in _read_table(_abs(csv_path)):
+    rows = _read_table(_abs(csv_path))
+    missing = {"youtube_id", "time_start", "time_end"} - set(rows[0] if rows else ())
+    if missing:
+        raise ValueError(f"{csv_path}: a Kinetics CSV needs youtube_id, time_start, time_end; missing {sorted(missing)}")
+    for row in rows:
         yid, t0, t1 = row["youtube_id"], _opt_float(row["time_start"]), _opt_float(row["time_end"])
         split = _opt_str(row.get("split")) or NO_SPLIT
         label = _opt_str(row.get("label"))

@@ -55,9 +55,12 @@ def _find(root: Path, key: str | None) -> tuple[str, dict[str, bytes]]:
     if key is not None and key not in rows:
         raise SampleNotFound(f"no sample {key!r} in {root} (its manifest.parquet lists the keys)")
     shard = root / (rows[key]["shard"] if key else info.manifest[0]["shard"])
-    for k, group in iter_raw(shard):
-        if key is None or k == key:
-            return k, group
+    try:
+        for k, group in iter_raw(shard):
+            if key is None or k == key:
+                return k, group
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ValueError(f"{shard}: unreadable (truncated or damaged tar: {exc}); run `crisscross shards verify`") from None
     raise SampleNotFound(f"{key!r} listed in the manifest but missing from {shard}")
 
 
