@@ -166,6 +166,8 @@ def _check_shard(tar: Path, idx: Path | None) -> None:
         parts = line.split()
         # wds2idx v1.2 lines: (ext offset size member_name) per component; v1.1: (ext offset size)
         step = 4 if lines[0].startswith("v1.2") else 3
+        if not all(p.isdigit() for i in range(0, len(parts) - 2, step) for p in parts[i + 1:i + 3]):
+            raise ShardError(f"index {idx} is malformed (a line is not <ext> <offset> <size> groups); rebuild the shard")
         for i in range(0, len(parts) - 2, step):
             if int(parts[i + 1]) + int(parts[i + 2]) > size:
                 raise ShardError(f"shard {tar} is truncated: its index {idx.name} points past its end ({size} bytes)")
@@ -187,7 +189,12 @@ def find_shards(directory: str | os.PathLike) -> ShardSet:
     if not root.is_dir():
         raise FileNotFoundError(f"dataset directory {root} does not exist")
     dataset_json = root / "dataset.json"
-    dataset = json.loads(dataset_json.read_text()) if dataset_json.exists() else {}
+    try:
+        dataset = json.loads(dataset_json.read_text(encoding="utf-8")) if dataset_json.exists() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ShardError(f"{dataset_json}: not valid JSON ({exc}); rerun `crisscross shards merge`") from None
+    if not isinstance(dataset, dict):
+        raise ShardError(f"{dataset_json}: not a dataset.json")
     if dataset.get("shards"):  # the builder's own list: never a half-written leftover
         tars = [root / name for name in dataset["shards"]]
     else:

@@ -183,3 +183,17 @@ def test_an_mp4_sample_table_claiming_2_32_frames_is_an_mp4_error(two_shards):
         with pytest.raises(Mp4Error):
             frame_table(np.frombuffer(bytes(bad), np.uint8))
     assert len(offsets) > 0
+
+
+def test_the_loader_names_a_malformed_index_or_dataset_json(two_shards):
+    from crisscross.shards.loader import ShardError, find_shards
+
+    idx = sorted(two_shards.glob("*.idx"))[0]
+    lines = idx.read_text().splitlines()
+    lines[1] = lines[1].replace(" ", " x", 1)
+    idx.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ShardError, match=f"index {idx} is malformed"):
+        find_shards(two_shards)
+    (two_shards / "dataset.json").write_text("{")
+    with pytest.raises(ShardError, match="dataset.json: not valid JSON"):
+        find_shards(two_shards)
