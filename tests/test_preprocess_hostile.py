@@ -133,7 +133,6 @@ def test_file_names_that_look_like_urls_never_reach_the_network(shared_data, tmp
     out = tmp_path / "ds"
     build_shards(src, out, clip_seconds=1.0, workers=1, progress=False)
     assert requests == []
-    info = read_dataset(out)
     local = hashlib.sha256((shared_data / GRID).read_bytes()).hexdigest()
     from crisscross.shards.reader import iter_samples
 
