@@ -22,7 +22,7 @@ Steps, in order:
 7. ``eval_decoder``: does NVDEC take the shards' MJPEG? Then the evaluation loader on the GPU
    (which makes the same check and falls back to CPU decoding by itself): clips/s, decoder chosen.
 8. ``ddp_pretrain`` / ``ddp_finetune`` (2+ GPUs): a 2-rank torchrun pretraining (NCCL,
-   SyncBatchNorm) and a 2-rank finetune.
+   SyncBatchNorm) and a 2-rank finetune (``--cpu-ddp``: the same with gloo on a CPU).
 
 Peak GPU memory is reported per step and overall. The JSON's ``ours``/``baseline`` are the steps
 that passed / the steps that ran (not skipped).
@@ -71,6 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", nargs="*", choices=STEPS, default=None, help="run only these steps (shards is added when needed)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep shards and runs here (default: a temp dir)")
     parser.add_argument("--clips", type=int, default=None, help="demo clips to build (default: 128 cuda / 16 cpu)")
+    parser.add_argument("--cpu-ddp", action="store_true",
+                        help="with --device cpu, also run the 2-rank steps (torchrun, gloo, 2 processes) instead of skipping them")
 
 
 # ----------------------------------------------------------------------------- parent
@@ -91,7 +93,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         work.mkdir(parents=True, exist_ok=True)
         results: dict[str, dict[str, Any]] = {}
         for name in wanted:
-            results[name] = _run_step(name, device, sizes, work, results, deadline)
+            results[name] = _run_step(name, device, sizes, work, results, deadline, args.cpu_ddp)
             _print_row(name, results[name])
     return _summary(results, device, args.budget)
 
@@ -105,8 +107,8 @@ def _resolve_device(requested: str) -> str:
 
 
 def _run_step(name: str, device: str, sizes: dict[str, int], work: Path, done: dict[str, dict[str, Any]],
-              deadline: float) -> dict[str, Any]:
-    skip = _skip_reason(name, device, done)
+              deadline: float, cpu_ddp: bool = False) -> dict[str, Any]:
+    skip = _skip_reason(name, device, done, cpu_ddp)
     if skip:
         return {"status": "SKIP", "reason": skip, "seconds": 0.0}
     left = deadline - time.monotonic()
@@ -118,12 +120,12 @@ def _run_step(name: str, device: str, sizes: dict[str, int], work: Path, done: d
     return run_child(cmd, timeout)
 
 
-def _skip_reason(name: str, device: str, done: dict[str, dict[str, Any]]) -> str | None:
+def _skip_reason(name: str, device: str, done: dict[str, dict[str, Any]], cpu_ddp: bool = False) -> str | None:
     if name.startswith("ddp_"):
-        if device != "cuda":
-            return "needs 2+ GPUs (2-rank gloo runs on the CPU: tests/test_train_distributed.py)"
+        if device != "cuda" and not cpu_ddp:
+            return "needs 2+ GPUs (--cpu-ddp runs it with gloo; 2-rank runs: tests/test_train_distributed.py)"
         gpus = done.get("torch", {}).get("figures", {}).get("cuda_devices", 0)
-        if gpus < 2:
+        if device == "cuda" and gpus < 2:
             return f"needs 2+ GPUs, {gpus} visible"
         if name == "ddp_finetune" and done.get("pretrain_tiny", {}).get("status") != "PASS":
             return "needs the export of pretrain_tiny, which did not pass"
@@ -277,6 +279,14 @@ def step_loader(device: str, work: Path, sizes: dict[str, int]) -> dict[str, Any
             "feed_share": round(feed_ms / (1e3 * elapsed / count), 3), "on": str(out["v1"].device), **_peak_mem(device)}
 
 
+def _fresh(run_dir: Path) -> Path:
+    """A step's own output folder, emptied: a rerun with the same --workdir starts clean."""
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return run_dir
+
+
 def _pretrain(preset: str, overrides: list[str], resume: str | None = None) -> dict[str, Any]:
     from crisscross.train.config import resolve_config
     from crisscross.train.trainer import train
@@ -290,7 +300,7 @@ def step_pretrain_tiny(device: str, work: Path, sizes: dict[str, int]) -> dict[s
     from crisscross.train.checkpoint import find_latest, load_checkpoint
 
     steps = sizes["tiny_steps"]
-    run_dir = work / "run_tiny"
+    run_dir = _fresh(work / "run_tiny")
     common = [f"data.shards={work / 'shards'}", f"run.dir={run_dir}", f"run.device={device}",
               f"run.precision={'bf16' if _cuda(device) else 'fp32'}", f"optim.batch_size={sizes['tiny_batch']}",
               f"run.checkpoint_every={steps}", f"run.log_every={steps}"]
@@ -314,7 +324,7 @@ def step_pretrain_full(device: str, work: Path, sizes: dict[str, int]) -> dict[s
     import math
 
     steps = sizes["full_steps"]
-    overrides = [f"data.shards={work / 'shards'}", f"run.dir={work / 'run_full'}", f"run.device={device}",
+    overrides = [f"data.shards={work / 'shards'}", f"run.dir={_fresh(work / 'run_full')}", f"run.device={device}",
                  f"run.precision={'bf16' if _cuda(device) else 'fp32'}", "run.channels_last=true", "optim.larc=true",
                  f"optim.batch_size={sizes['full_batch']}", f"run.max_steps={steps}", f"run.log_every={steps}",
                  f"run.checkpoint_every={steps}", "run.export=false", *([] if _cuda(device) else CPU_FULL_MODEL)]
@@ -374,32 +384,38 @@ def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
            "-m", "crisscross.tools.cli", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"torchrun exited {proc.returncode}: {_tail(proc.stderr or proc.stdout, 12)}")
+        print(proc.stdout[-4000:], proc.stderr[-4000:], sep="\n")  # the ranks' own messages, for the log
+        errors = [line for line in proc.stderr.splitlines() if "error" in line.lower() and "elastic" not in line]
+        raise RuntimeError(f"torchrun exited {proc.returncode}: {' | '.join(errors[:3]) or _tail(proc.stderr, 12)}")
     return proc
 
 
 def step_ddp_pretrain(device: str, work: Path, sizes: dict[str, int]) -> dict[str, Any]:
+    """2 ranks under torchrun: NCCL and SyncBatchNorm on GPUs (gloo and per-rank BatchNorm on a CPU)."""
     from crisscross.train.checkpoint import find_latest, load_checkpoint
 
-    run_dir = work / "run_ddp"
+    run_dir = _fresh(work / "run_ddp")
     steps = 4
     _torchrun(["pretrain", "--config", "kinetics_sound", f"data.shards={work / 'shards'}", f"run.dir={run_dir}",
-               "run.device=cuda", "run.sync_bn=true", f"optim.batch_size={2 * sizes['full_batch']}",
-               f"run.max_steps={steps}", f"run.log_every={steps}", f"run.checkpoint_every={steps}",
-               "run.export=false", *QUIET_RUN])
+               f"run.device={device}", "run.sync_bn=true", f"optim.batch_size={2 * sizes['full_batch']}",
+               f"run.precision={'bf16' if _cuda(device) else 'fp32'}", f"run.max_steps={steps}", f"run.log_every={steps}",
+               f"run.checkpoint_every={steps}", "run.export=false", *QUIET_RUN, *([] if _cuda(device) else CPU_FULL_MODEL)])
     state = load_checkpoint(find_latest(run_dir), map_location="cpu")
     if state["world_size"] != 2 or state["step"] != steps:
         raise RuntimeError(f"checkpoint has world size {state['world_size']} at step {state['step']}")
-    return {"ranks": 2, "backend": "nccl", "sync_bn": True, "steps": steps}
+    return {"ranks": 2, "backend": "nccl" if _cuda(device) else "gloo", "sync_bn": _cuda(device), "steps": steps}
 
 
 def step_ddp_finetune(device: str, work: Path, sizes: dict[str, int]) -> dict[str, Any]:
-    out = work / "finetune_ddp"
+    """2-rank finetune of pretrain_tiny's export (one epoch, one clip per video) on the demo split."""
+    out = _fresh(work / "finetune_ddp")
     _torchrun(["eval", "finetune", "--checkpoint", str(work / "run_tiny" / "export"), "--data", str(work / "shards"),
-               "--config", "demo", "--set", "device=cuda", "--set", "modality=video",
-               "--set", "finetune={epochs: 1, batch_size: 16, clips_per_sample: 1, milestones: []}", "--out", str(out)])
-    results = json.loads((out / "results.json").read_text())
-    return {"ranks": 2, "rows": len(results.get("rows", results) if isinstance(results, dict) else results)}
+               "--config", "demo", "--set", f"device={device}", "--set", "modality=video",
+               "--set", "finetune={epochs: 1, batch_size: 8, clips_per_sample: 1, milestones: []}", "--out", str(out)])
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    if not rows:
+        raise RuntimeError(f"the finetune wrote no result rows ({out / 'results.json'})")
+    return {"ranks": 2, **{f"{r['metric']}_{r['split']}": round(r["value"], 3) for r in rows}}
 
 
 STEP_FUNCTIONS: dict[str, Callable[[str, Path, dict[str, int]], dict[str, Any]]] = {
