@@ -31,6 +31,13 @@ def _umask() -> int:
     return mask
 
 
+def name_target(exc: BaseException, path: Path) -> None:
+    """A failed ``write``/``fsync`` (full disk: ENOSPC, quota: EDQUOT, size limit: EFBIG) raises an
+    OSError without a file name; give it the target's, so the message says which file failed."""
+    if isinstance(exc, OSError) and exc.filename is None:
+        exc.filename = str(path)
+
+
 class AtomicFile:
     """A temporary file that becomes ``path`` on ``commit()`` and vanishes on ``abort()``.
 
@@ -61,7 +68,8 @@ class AtomicFile:
                 os.fsync(self.file.fileno())
             self.file.close()
             os.replace(self.tmp, self.path)
-        except BaseException:
+        except BaseException as exc:
+            name_target(exc, self.path)
             self.abort()
             raise
         self._done = True
@@ -83,7 +91,8 @@ def atomic_open(path: str | Path, mode: str = "wb", *, encoding: str | None = No
     target = AtomicFile(path, mode, encoding=encoding)
     try:
         yield target.file
-    except BaseException:
+    except BaseException as exc:
+        name_target(exc, target.path)
         target.abort()
         raise
     target.commit(fsync=fsync)

@@ -109,3 +109,115 @@ def test_rank_killed_by_sigkill_restarts_the_group_from_the_newest_checkpoint(tm
         assert torch.equal(ours["model"][name], tensor), name
     for key, value in want["optimizer"]["state"].items():
         assert torch.equal(ours["optimizer"]["state"][key]["exp_avg_sq"], value["exp_avg_sq"]), key
+
+
+# ------------------------------------------------------------------ failed checkpoint/export write
+# The CLI run under a file-size limit (RLIMIT_FSIZE) armed just before one write: the kernel then
+# fails write() part-way with EFBIG, as a full disk fails it with ENOSPC. SIGXFSZ is ignored so
+# the process sees the error instead of being killed by the signal.
+WRAPPER = '''
+import os, resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+from crisscross.train import trainer
+from crisscross.train.checkpoint import find_latest
+what, arm_step = sys.argv[1], int(sys.argv[2])
+run_dir = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("run.dir="))
+
+def arm(limit=None):  # default: half the checkpoint already on disk, so the next one fails part-way
+    limit = limit or os.path.getsize(find_latest(run_dir)) // 2
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+real_save, real_export = trainer.save_checkpoint, trainer.save_backbones
+def save(run_dir_, step, state, **kw):
+    if what == "checkpoint" and step >= arm_step:
+        arm()
+    return real_save(run_dir_, step, state, **kw)
+def export(*args, **kw):
+    if what == "export":
+        arm(100_000)  # part-way through video.safetensors (about 470 kB for the debug model)
+    return real_export(*args, **kw)
+trainer.save_checkpoint, trainer.save_backbones = save, export
+from crisscross.tools.cli import main
+sys.exit(main(sys.argv[3:]))
+'''
+SHORT = ["run.epochs=2", "run.checkpoint_every=4", "run.tensorboard=false"]  # checkpoints at steps 4 and 8
+
+
+def _wrapper(tmp_path: Path) -> Path:
+    path = tmp_path / "limited_write.py"
+    path.write_text(WRAPPER)
+    return path
+
+
+def _files(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+
+
+def test_failed_checkpoint_write_names_the_file_and_keeps_the_previous_one(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*CLI[2:], f"run.dir={run_dir}", *SHORT]
+    done = subprocess.run([sys.executable, str(_wrapper(tmp_path)), "checkpoint", "8", *args], env=_env(),
+                          timeout=240, capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr[-3000:]
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith("crisscross pretrain: error: could not write checkpoint "), error
+    assert str(run_dir / "checkpoints" / "step-000000008.pt") in error and "File too large" in error
+    assert f"previous checkpoint {run_dir / 'checkpoints' / 'step-000000004.pt'} is intact" in error
+    # no temporary or partial file is left; the previous checkpoint loads and --resume auto takes it
+    assert _files(run_dir) == ["step-000000004.pt"]
+    assert load_checkpoint(find_latest(run_dir))["step"] == 4
+    resumed = subprocess.run([sys.executable, *CLI, "--resume", "auto", *args[3:]], env=_env(), timeout=240,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout + resumed.stderr and "at step 4" in resumed.stdout + resumed.stderr
+    assert json.loads(resumed.stdout.strip().splitlines()[-1])["step"] == 8
+
+
+def test_failed_export_write_names_the_file_and_resume_auto_writes_it(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*CLI[2:], f"run.dir={run_dir}", *SHORT]
+    done = subprocess.run([sys.executable, str(_wrapper(tmp_path)), "export", "0", *args], env=_env(),
+                          timeout=240, capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr[-3000:]
+    error = done.stderr.strip().splitlines()[-1]
+    assert f"could not write the export in {run_dir / 'export'}" in error and "File too large" in error, error
+    assert str(run_dir / "export" / "video.safetensors") in error  # which file, not only the folder
+    assert not (run_dir / "export" / "backbones.json").exists()  # an incomplete export is never loadable
+    assert [p.name for p in (run_dir / "export").iterdir() if p.name.startswith(".")] == []  # no temp files
+    assert load_checkpoint(find_latest(run_dir))["step"] == 8
+    again = subprocess.run([sys.executable, *CLI, "--resume", "auto", *args[3:]], env=_env(), timeout=240,
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (run_dir / "export" / "backbones.json").exists()
+    from crisscross.train.export import load_backbones
+    load_backbones(run_dir / "export")
+
+
+def test_resume_auto_skips_a_checkpoint_cut_short(tmp_path, capsys):
+    """A file under a checkpoint name that is not a whole archive (a file system that lost the data
+    after the rename) is never taken by --resume auto; the one before it is, with a warning."""
+    from crisscross.train.checkpoint import find_usable, save_checkpoint
+    from crisscross.train.trainer import resume_from
+
+    save_checkpoint(tmp_path, 4, {"step": 4, "w": torch.zeros(1000)})
+    good = find_latest(tmp_path)
+    cut = good.with_name("step-000000008.pt")
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    assert find_latest(tmp_path) == cut  # by name it is the newest
+    assert resume_from("auto", tmp_path) == good == find_usable(tmp_path)
+    assert f"checkpoint {cut} is incomplete" in capsys.readouterr().err
+    assert load_checkpoint(resume_from("auto", tmp_path))["step"] == 4
+
+
+def test_failed_checkpoint_write_stops_every_rank_instead_of_hanging(tmp_path):
+    """Under torchrun the ranks agree on the outcome of rank 0's write: both stop with the error
+    (rank 1 says that rank 0 could not write), not with a lost-peer error at a barrier."""
+    run_dir = tmp_path / "run"
+    command = [*TORCHRUN, str(_wrapper(tmp_path)), "checkpoint", "8", *CLI[2:], f"run.dir={run_dir}",
+               "model.norm=group", *SHORT]
+    done = subprocess.run(command, env=_env(), timeout=180, capture_output=True, text=True)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert f"could not write checkpoint {run_dir / 'checkpoints' / 'step-000000008.pt'}" in out, out[-3000:]
+    assert "rank 0 could not write it" in out  # rank 1's own one-line error
+    assert _files(run_dir) == ["step-000000004.pt"]

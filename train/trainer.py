@@ -24,7 +24,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from crisscross.train.checkpoint import find_latest, list_checkpoints, load_checkpoint, save_checkpoint
+from crisscross.train.checkpoint import (
+    CheckpointWriteError,
+    checkpoint_path,
+    find_latest,
+    find_usable,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from crisscross.errors import UserError
 from crisscross.train.config import save_config
 from crisscross.train.distributed import (
     DistEnv,
@@ -232,20 +241,27 @@ def restore_rng(state: dict[str, Any], device: torch.device) -> None:
 
 def write_checkpoint(run_dir: Path, step: int, config: dict[str, Any], raw: nn.Module, optimizer: Any,
                      scaler: torch.amp.GradScaler, loader_state: Any, env: DistEnv) -> Path | None:
-    """Collective (every rank calls it): gathers loader/RNG states, rank 0 writes atomically."""
+    """Collective (every rank calls it): gathers loader/RNG states, rank 0 writes atomically.
+
+    A failed write (full disk, ...) stops every rank with ``CheckpointWriteError``: the ranks
+    agree on the outcome instead of waiting at a barrier for a rank 0 that has gone."""
     loader_states = gather_objects(loader_state, env)
     rng_states = gather_objects(rng_state(env.device), env)
-    path = None
+    path, error = None, None
     if env.is_main:
         state = {
             "format": CHECKPOINT_FORMAT, "step": step, "config": config, "world_size": env.world_size,
             "model": raw.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "loader": loader_states, "rng": rng_states,
         }
-        path = save_checkpoint(run_dir, step, state, keep=config["run"]["keep_checkpoints"],
-                               keep_every=config["run"]["keep_every"])
-    if env.distributed:
-        dist.barrier(group=env.control)
+        try:
+            path = save_checkpoint(run_dir, step, state, keep=config["run"]["keep_checkpoints"],
+                                   keep_every=config["run"]["keep_every"])
+        except CheckpointWriteError as exc:
+            error = exc
+    if all_ranks_max(error is not None, env):  # also the barrier: no rank runs ahead of the write
+        raise error or CheckpointWriteError(checkpoint_path(run_dir, step), RuntimeError(
+            "rank 0 could not write it"), None, kept="rank 0's error says why")
     return path
 
 
@@ -257,7 +273,7 @@ def resume_from(resume: str | None, run_dir: Path) -> Path | None:
                                   "or choose another run.dir")
         return None
     if resume == "auto":
-        return find_latest(run_dir)
+        return find_usable(run_dir)  # never a file cut short
     path = Path(resume)
     if not path.is_file():
         raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
@@ -456,7 +472,23 @@ def finish(config: dict[str, Any], setup: Setup, env: DistEnv, status: str, step
     if env.is_main and status == "completed":
         summary["loss_curve"] = str(plot_loss_curve(run_dir))
         if config["run"]["export"]:
-            summary["export"] = str(save_backbones(run_dir / "export", setup.raw.video.encoder,
-                                                   setup.raw.audio.encoder, config["model"], train_config=config))
+            summary["export"] = str(export_backbones(run_dir, setup, config))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+class ExportWriteError(UserError, OSError):
+    """The end-of-run export could not be written; the final checkpoint is intact and a rerun with
+    ``--resume auto`` writes the export again (the run is complete, no step is repeated)."""
+
+
+def export_backbones(run_dir: Path, setup: Setup, config: dict[str, Any]) -> Path:
+    """``save_backbones`` with a failed write (full disk, ...) reported as the file and the reason.
+    backbones.json is written last, so an export without it is incomplete and never loaded."""
+    try:
+        return save_backbones(run_dir / "export", setup.raw.video.encoder, setup.raw.audio.encoder,
+                              config["model"], train_config=config)
+    except OSError as exc:
+        raise ExportWriteError(
+            f"could not write the export in {run_dir / 'export'}: {exc}; the checkpoint {find_latest(run_dir)} "
+            "is intact: free space, then rerun the same command with --resume auto to write the export") from exc
