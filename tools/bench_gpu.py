@@ -340,13 +340,16 @@ def step_pretrain_full(device: str, work: Path, sizes: dict[str, int]) -> dict[s
 def step_bench_train(device: str, work: Path, sizes: dict[str, int]) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "crisscross.tools.cli", "bench", "train", "--device", device,
            "--shards", str(work / "shards"), "--steps", str(sizes["train_steps"])]
-    if not _cuda(device):
+    if _cuda(device):  # the preset's 2 DALI threads would measure the host, not the GPU
+        cmd += ["--loader-threads", str(min(8, os.cpu_count() or 1))]
+    else:
         cmd += ["--warmup", "1"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"bench train exited {proc.returncode}: {_tail(proc.stderr or proc.stdout)}")
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
-    keep = ("ours", "baseline", "ratio", "mfu_end_to_end", "mfu_ceiling", "data_wait_frac", "batch", "preset", "peak_source")
+    keep = ("ours", "baseline", "ratio", "mfu_end_to_end", "mfu_ceiling", "data_wait_frac", "batch", "preset", "peak_source",
+            "prefetch")
     return {k: figures[k] for k in keep if k in figures}
 
 
