@@ -157,3 +157,49 @@ def reduce_mean(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
         values /= env.world_size
     return values.cpu()
+
+
+# ------------------------------------------------------------------ cross-rank gathers (objectives)
+# Contrastive objectives need the other ranks' embeddings as negatives (STiCA, SvaCLR) and the
+# memory-bank objectives need every rank's (embedding, instance index) to update the bank (AVID).
+# The default process group carries them: NCCL on GPUs, gloo on CPUs.
+def all_gather_cat(x: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Every rank's ``x`` concatenated along dim 0 in rank order, without gradient (same shape on
+    every rank). A world of one returns ``x`` itself."""
+    if not env.distributed:
+        return x
+    parts = [torch.empty_like(x) for _ in range(env.world_size)]
+    dist.all_gather(parts, x.detach().contiguous())
+    return torch.cat(parts)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward returns to each rank the summed gradient of its own slice, so
+    that a loss over gathered keys trains the keys' owners (DDP then averages over ranks)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:  # type: ignore[override]
+        ctx.rank, ctx.rows = rank, x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(world_size)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)  # every rank's loss may use this rank's rows
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows], None, None
+
+
+def gather_keys(x: torch.Tensor, env: DistEnv, *, detach: bool) -> tuple[torch.Tensor, int]:
+    """(every rank's ``x`` in rank order, the offset of this rank's rows in it).
+
+    ``detach=True`` is GDT's ``dist_collect_other`` convention (keys are constants); with
+    ``detach=False`` gradients reach the keys on every rank, so that N ranks of B give the same
+    averaged gradients as one process of N*B."""
+    if not env.distributed:
+        return (x.detach() if detach else x), 0
+    offset = env.rank * x.shape[0]
+    if detach:
+        return all_gather_cat(x, env), offset
+    return _GatherWithGrad.apply(x, env.rank, env.world_size), offset
