@@ -99,3 +99,27 @@ def test_base_lr_stays_between_zero_and_peak_and_ends_at_end_lr(lr, end_fraction
     if step >= total:
         assert value == pytest.approx(schedule.end_lr, rel=1e-9, abs=1e-15)
     assert learning_rate(step, "audio_pred", schedule) == 10 * lr
+
+
+def test_warmup_from_a_start_lr_and_constant_schedule():
+    from crisscross.train.optim import Schedule, learning_rate
+
+    s = Schedule(lr=0.64, end_lr=0.1, pred_lr=0.0, warmup_steps=10, total_steps=100, warmup_start_lr=0.064)
+    assert learning_rate(0, "video_base", s) == pytest.approx(0.064)
+    assert learning_rate(5, "video_base", s) == pytest.approx(0.064 + 0.576 / 2)
+    assert learning_rate(10, "video_base", s) == pytest.approx(0.64)
+    assert learning_rate(100, "video_base", s) == pytest.approx(0.1)  # cosine to end_lr
+    constant = Schedule(lr=2e-4, end_lr=0.0, pred_lr=0.0, warmup_steps=0, total_steps=100, kind="constant")
+    assert [learning_rate(k, "audio_base", constant) for k in (0, 50, 99)] == [2e-4] * 3
+
+
+def test_sgd_optimizer_with_momentum():
+    from crisscross.train.optim import build_optimizer
+
+    param = torch.nn.Parameter(torch.ones(2))
+    opt = build_optimizer([{"name": "video_base", "params": [param]}], weight_decay=1e-5, betas=(0.9, 0.999),
+                          larc=False, larc_trust=1e-3, larc_clip=True, name="sgd", momentum=0.9)
+    assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["momentum"] == 0.9
+    with pytest.raises(ValueError, match="optim.name"):
+        build_optimizer([{"name": "video_base", "params": [param]}], weight_decay=0, betas=(0.9, 0.999),
+                        larc=False, larc_trust=1e-3, larc_clip=True, name="lamb")

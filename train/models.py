@@ -29,12 +29,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 from torchvision.models.resnet import BasicBlock, ResNet
+
+from crisscross.train.heads import HEADS, avid_mlp, gdt_mlp
+from crisscross.train.pooling import CropConfig, TemporalPool, crop_map, sample_crop_boxes
 
 NORMS = ("batch", "group", "none")
 POOLS = ("avg", "max")
@@ -42,6 +45,9 @@ POOLS = ("avg", "max")
 VIDEO_ARCHS = ("crisscross", "tv_r2plus1d")
 # "resnet": Table S6 (also GDT's ResNet-9 with audio_blocks [1,1,1,1]); "avid_conv2d": AVID-CMA
 AUDIO_ARCHS = ("resnet", "avid_conv2d")
+VIDEO_TEMPORAL_POOLS = ("encoder", "transformer")
+# the paper dimensions of the other methods' heads when model.head_dims is empty
+DEFAULT_HEAD_DIMS = {"avid_mlp": [512, 512, 128], "gdt_mlp": [512, 256]}
 
 
 @dataclass
@@ -63,8 +69,28 @@ class ModelConfig:
     video_arch: str = "crisscross"       # crisscross (Table S5) | tv_r2plus1d (GDT)
     audio_arch: str = "resnet"           # resnet (Table S6) | avid_conv2d (AVID-CMA)
     audio_pool: str = "avg"              # avg (Table S6) | max (AVID-CMA's audio net)
+    # heads and poolings of the other seed systems (docs/methods.md); the defaults are CrissCross's
+    head: str = "simsiam"                # simsiam (Tables S7/S8) | avid_mlp (AVID/CMA) | gdt_mlp (SvaCLR/STiCA)
+    head_dims: list[int] = field(default_factory=list)  # avid_mlp/gdt_mlp layer sizes; [] = the paper's
+    head_dropout: float = 0.0            # gdt_mlp's dropout (0.3 in STiCA)
+    video_temporal_pool: str = "encoder"  # encoder (video_pool over T, H, W) | transformer (STiCA)
+    transformer_layers: int = 2          # STiCA's pooling transformer (appendix 6.2)
+    transformer_heads: int = 4
+    transformer_ffn: int = 2048
+    transformer_tokens: Optional[int] = None  # re-pool time to this many tokens first (GDT's time_dim)
+    crops: Optional[CropConfig] = None   # STiCA's feature crops on the last video map (null = off)
 
     def __post_init__(self) -> None:
+        if isinstance(self.crops, dict):
+            self.crops = CropConfig.from_dict(self.crops)
+        if self.head not in HEADS or self.video_temporal_pool not in VIDEO_TEMPORAL_POOLS:
+            raise ValueError(f"model.head must be one of {HEADS} and model.video_temporal_pool one of "
+                             f"{VIDEO_TEMPORAL_POOLS}, got {self.head!r}, {self.video_temporal_pool!r}")
+        self.head_dims = [int(d) for d in self.head_dims]
+        if any(d < 1 for d in self.head_dims) or not 0.0 <= self.head_dropout < 1.0:
+            raise ValueError("model.head_dims must be positive and model.head_dropout in [0, 1)")
+        if self.crops is not None and self.head == "simsiam":
+            raise ValueError("model.crops (STiCA's feature crops) need head: gdt_mlp or avid_mlp")
         if self.norm not in NORMS:
             raise ValueError(f"model.norm must be one of {NORMS}, got {self.norm!r}")
         for name, allowed in (("video_pool", POOLS), ("audio_pool", POOLS), ("video_arch", VIDEO_ARCHS),
@@ -317,8 +343,15 @@ class AudioAVIDConv2D(nn.Module):
 
 
 def build_video_encoder(cfg: ModelConfig | dict[str, Any]) -> nn.Module:
+    """The video backbone; with ``video_temporal_pool: transformer`` its ``pool`` is STiCA's
+    transformer over the spatially averaged last map, so exports and evaluators get it too."""
     cfg = ModelConfig.from_dict(cfg)
-    return VideoTVR2Plus1D(cfg) if cfg.video_arch == "tv_r2plus1d" else VideoR2Plus1D(cfg)
+    encoder = VideoTVR2Plus1D(cfg) if cfg.video_arch == "tv_r2plus1d" else VideoR2Plus1D(cfg)
+    if cfg.video_temporal_pool == "transformer":
+        encoder.pool = TemporalPool("transformer", encoder.out_dim, dict(
+            layers=cfg.transformer_layers, heads=cfg.transformer_heads, ffn=cfg.transformer_ffn,
+            tokens=cfg.transformer_tokens))
+    return encoder
 
 
 def build_audio_encoder(cfg: ModelConfig | dict[str, Any]) -> nn.Module:
@@ -389,3 +422,79 @@ class CrissCrossModel(nn.Module):
         # each view goes through its branch separately, as in SimSiam and the official code, so
         # that batch statistics are per view
         return {name: (self.video if name[0] == "v" else self.audio)(x) for name, x in views.items()}
+
+
+# ------------------------------------------------------------------ the other seed systems' model
+class ContrastiveBranch(nn.Module):
+    """Encoder + head of one modality for AVID/CMA, SvaCLR and STiCA (no predictor). The same
+    attribute names as ``Branch`` (``encoder``, ``projector``, ``predictor``) so that parameter
+    groups, exports and weight imports treat both models alike."""
+
+    def __init__(self, encoder: nn.Module, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.encoder = encoder
+        dims = cfg.head_dims or DEFAULT_HEAD_DIMS[cfg.head]
+        self.projector = (avid_mlp(encoder.out_dim, dims) if cfg.head == "avid_mlp"
+                          else gdt_mlp(encoder.out_dim, dims, cfg.head_dropout, norm_factory(cfg.norm, 1)))
+        self.predictor = nn.Identity()
+
+    def pooled(self, fmap: torch.Tensor) -> torch.Tensor:
+        pool = self.encoder.pool if hasattr(self.encoder, "pool") else self.encoder.avgpool  # AudioResNet's name
+        return pool(fmap).flatten(1)
+
+    def forward(self, x: torch.Tensor, crops: dict[str, list[tuple[int, int]]] | None = None) -> dict[str, Any]:
+        fmap = self.encoder.forward_features(x)
+        y = self.pooled(fmap)
+        out: dict[str, Any] = {"y": y, "z": self.projector(y)}
+        if crops:
+            out["crops"] = {kind: [self.projector(self.pooled(crop_map(fmap, kind, start, size)))
+                                   for start, size in boxes] for kind, boxes in crops.items()}
+        return out
+
+
+class ContrastiveModel(nn.Module):
+    """Both branches of AVID/CMA, SvaCLR and STiCA. ``forward(views, crop_seed)`` maps
+    {"v1", "v2", "a1", "a2"} inputs to {view: {"y": encoder output, "z": projection, "crops": ...}}.
+
+    Everything with parameters (transformer pooling, heads of the crops) runs here, inside
+    ``forward``, so DDP synchronises its gradients. Feature-crop boxes are drawn per video view
+    from a generator seeded with ``crop_seed`` (the trainer passes one per rank and step)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.video = ContrastiveBranch(build_video_encoder(cfg), cfg)
+        self.audio = ContrastiveBranch(build_audio_encoder(cfg), cfg)
+
+    def forward(self, views: dict[str, torch.Tensor], crop_seed: int | None = None) -> dict[str, dict[str, Any]]:
+        out = {}
+        for position, (name, x) in enumerate(sorted(views.items())):
+            if name[0] != "v":
+                out[name] = self.audio(x)
+                continue
+            boxes = None
+            if self.cfg.crops is not None and self.training:
+                t, h, w = self._map_size(x)
+                generator = torch.Generator().manual_seed(int(crop_seed or 0) * 7 + position)
+                boxes = sample_crop_boxes(self.cfg.crops, t, h, w, generator)
+            out[name] = self.video(x, boxes)
+        return out
+
+    def _map_size(self, x: torch.Tensor) -> tuple[int, int, int]:
+        """T, H, W of the video encoder's last map for input ``x`` (cached per input shape)."""
+        key = tuple(x.shape[1:])
+        cache = self.__dict__.setdefault("_map_sizes", {})
+        if key not in cache:
+            with torch.no_grad():
+                probe = x[:1].detach()
+                was_training = self.video.encoder.training
+                self.video.encoder.eval()  # no batch-norm statistics update from the probe
+                cache[key] = tuple(self.video.encoder.forward_features(probe).shape[2:])
+                self.video.encoder.train(was_training)
+        return cache[key]
+
+
+def build_model(cfg: ModelConfig | dict[str, Any]) -> nn.Module:
+    """CrissCross's model for ``head: simsiam``, the contrastive model otherwise."""
+    cfg = ModelConfig.from_dict(cfg)
+    return CrissCrossModel(cfg) if cfg.head == "simsiam" else ContrastiveModel(cfg)

@@ -21,9 +21,13 @@ default ``[intra, sync, async]``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from crisscross.train.objectives.avid import AVIDConfig, CMAConfig
+from crisscross.train.objectives.contrastive import STiCAConfig, SvaCLRConfig
 
 # pair name -> (view x, view y)
 PAIRS: dict[str, tuple[str, str]] = {
@@ -43,6 +47,14 @@ TERMS: dict[str, tuple[str, ...]] = {
     "async": ("v1a2", "v2a1"),
 }
 REDUCTIONS = ("mean", "sum")
+# objective.name -> (views the method encodes, its section); crisscross's views follow its terms
+METHODS: dict[str, tuple[tuple[str, ...], type | None]] = {
+    "crisscross": ((), None),
+    "avid": (("v1", "a1"), AVIDConfig),
+    "avid_cma": (("v1", "a1"), CMAConfig),
+    "svaclr": (("v1", "v2", "a1", "a2"), SvaCLRConfig),
+    "stica": (("v1", "v2", "a1"), STiCAConfig),
+}
 
 
 def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -57,10 +69,23 @@ def pair_loss(p_x: torch.Tensor, z_x: torch.Tensor, p_y: torch.Tensor, z_y: torc
 
 @dataclass
 class ObjectiveConfig:
+    """``name`` picks the method (docs/methods.md); ``terms``/``reduce`` configure CrissCross and
+    the sections ``avid``, ``avid_cma``, ``svaclr``, ``stica`` the other methods."""
+
+    name: str = "crisscross"
     terms: list[str] = field(default_factory=lambda: ["intra", "sync", "async"])
     reduce: str = "mean"
+    avid: AVIDConfig = field(default_factory=AVIDConfig)
+    avid_cma: CMAConfig = field(default_factory=CMAConfig)
+    svaclr: SvaCLRConfig = field(default_factory=SvaCLRConfig)
+    stica: STiCAConfig = field(default_factory=STiCAConfig)
 
     def __post_init__(self) -> None:
+        if self.name not in METHODS:
+            raise ValueError(f"objective.name must be one of {sorted(METHODS)}, got {self.name!r}")
+        for section, (_, cls) in METHODS.items():
+            if cls is not None and isinstance(getattr(self, section), dict):
+                setattr(self, section, cls.from_dict(getattr(self, section)))
         if not self.terms:
             raise ValueError("objective.terms is empty")
         unknown = [t for t in self.terms if t not in TERMS]
@@ -72,11 +97,18 @@ class ObjectiveConfig:
             raise ValueError(f"objective.reduce must be one of {REDUCTIONS}, got {self.reduce!r}")
 
     @classmethod
-    def from_dict(cls, values: dict) -> "ObjectiveConfig":
-        unknown = sorted(set(values) - {"terms", "reduce"})
+    def from_dict(cls, values: "dict | ObjectiveConfig") -> "ObjectiveConfig":
+        if isinstance(values, ObjectiveConfig):
+            return values
+        unknown = sorted(set(values) - {"name", "terms", "reduce", *(m for m, (_, c) in METHODS.items() if c)})
         if unknown:
             raise ValueError(f"unknown objective config keys {unknown}")
         return cls(**values)
+
+    @property
+    def method(self) -> Any:
+        """The chosen method's section (None for crisscross)."""
+        return getattr(self, self.name) if METHODS[self.name][1] is not None else None
 
     @property
     def pairs(self) -> list[str]:
@@ -87,6 +119,8 @@ class ObjectiveConfig:
     @property
     def views(self) -> list[str]:
         """Views that must be computed: uni-modal rows need only one modality."""
+        if self.name != "crisscross":
+            return list(METHODS[self.name][0])
         needed = {view for pair in self.pairs for view in PAIRS[pair]}
         return [v for v in ("v1", "v2", "a1", "a2") if v in needed]
 

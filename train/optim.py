@@ -1,5 +1,8 @@
 """Optimization of Table S10: Adam with four parameter groups, one LR function, and LARC.
 
+The other seed systems (docs/methods.md) add SGD with momentum, a warmup that starts from
+``warmup_start_lr`` instead of 0, and a ``constant`` schedule after the warmup.
+
 Groups: ``video_base`` (video encoder + projector), ``video_pred``, ``audio_base``, ``audio_pred``.
 Base groups follow a per-iteration linear warmup from 0 then a cosine from ``lr`` to ``end_lr``;
 predictor groups keep a constant ``pred_lr`` (SimSiam's "fix_pred_lr", the official code's
@@ -32,6 +35,12 @@ class Schedule:
     pred_lr: float
     warmup_steps: int
     total_steps: int
+    warmup_start_lr: float = 0.0   # warmup starts here (SvaCLR 0.064, STiCA 0.01; CrissCross 0)
+    kind: str = "cosine"           # cosine to end_lr | constant (AVID's multistep gamma 1, STiCA's code)
+
+
+SCHEDULES = ("cosine", "constant")
+OPTIMIZERS = ("adam", "sgd")
 
 
 def learning_rate(step: int, group: str, schedule: Schedule) -> float:
@@ -39,7 +48,10 @@ def learning_rate(step: int, group: str, schedule: Schedule) -> float:
     if group.endswith("_pred"):
         return schedule.pred_lr
     if step < schedule.warmup_steps:
-        return schedule.lr * step / schedule.warmup_steps
+        start = schedule.warmup_start_lr
+        return start + (schedule.lr - start) * step / schedule.warmup_steps
+    if schedule.kind == "constant":
+        return schedule.lr
     decay_steps = max(schedule.total_steps - schedule.warmup_steps, 1)
     progress = min((step - schedule.warmup_steps) / decay_steps, 1.0)
     return schedule.end_lr + 0.5 * (schedule.lr - schedule.end_lr) * (1 + math.cos(math.pi * progress))
@@ -134,7 +146,14 @@ class LARC:
 
 
 def build_optimizer(groups: Iterable[dict[str, Any]], *, weight_decay: float, betas: tuple[float, float],
-                    larc: bool, larc_trust: float, larc_clip: bool, fused: bool = False):
-    adam = torch.optim.Adam(list(groups), lr=0.0, betas=tuple(betas), weight_decay=weight_decay,
-                            **({"fused": True} if fused else {}))
-    return LARC(adam, trust_coefficient=larc_trust, clip=larc_clip) if larc else adam
+                    larc: bool, larc_trust: float, larc_clip: bool, fused: bool = False, name: str = "adam",
+                    momentum: float = 0.9):
+    """Adam (CrissCross, AVID) or SGD with momentum (SvaCLR, STiCA), optionally inside LARC."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {name!r}")
+    extra = {"fused": True} if fused else {}
+    if name == "sgd":
+        inner = torch.optim.SGD(list(groups), lr=0.0, momentum=momentum, weight_decay=weight_decay, **extra)
+    else:
+        inner = torch.optim.Adam(list(groups), lr=0.0, betas=tuple(betas), weight_decay=weight_decay, **extra)
+    return LARC(inner, trust_coefficient=larc_trust, clip=larc_clip) if larc else inner

@@ -105,13 +105,13 @@ class TemporalPool(nn.Module):
 class CropConfig:
     """STiCA's SOTA crops on a 7x7 map: space 2 x 6^2 + 4 x 4^2, time 2 x large + 1 x small.
 
-    Temporal sizes ``null`` mean 3T/4 (large) and T/2 (small) of the map's T: 3/2 when T = 4 and
+    Temporal sizes 0 mean 3T/4 (large) and T/2 (small) of the map's T: 3/2 when T = 4 and
     6/4 when T = 8 (the official code's values; the appendix states 3/2 for the 60-frame model)."""
 
     spatial_large: list[int] = field(default_factory=lambda: [2, 6])    # [count, size]
     spatial_small: list[int] = field(default_factory=lambda: [4, 4])
-    temporal_large: list[Any] = field(default_factory=lambda: [2, None])
-    temporal_small: list[Any] = field(default_factory=lambda: [1, None])
+    temporal_large: list[int] = field(default_factory=lambda: [2, 0])   # size 0 = 3T/4 of the map
+    temporal_small: list[int] = field(default_factory=lambda: [1, 0])   # size 0 = T/2 of the map
     parity_randint: bool = False   # the official code's randint(0, size - w): upper start excluded
 
     @classmethod
@@ -123,6 +123,13 @@ class CropConfig:
         if unknown:
             raise ValueError(f"unknown model.crops keys {unknown}; known: {sorted(known)}")
         return cls(**values)
+
+    def __post_init__(self) -> None:
+        for name in ("spatial_large", "spatial_small", "temporal_large", "temporal_small"):
+            value = [int(v) for v in getattr(self, name)]
+            if len(value) != 2 or value[0] < 0 or value[1] < 0:
+                raise ValueError(f"model.crops.{name} must be [count, size] (non-negative), got {value}")
+            setattr(self, name, value)
 
     def sizes(self, t: int, h: int, w: int) -> dict[str, tuple[int, int]]:
         """{crop kind: (count, size)} for a map of T x H x W; sizes checked against the map."""

@@ -56,12 +56,15 @@ class AVIDConfig:
     x_coeff: float = 1.0           # joint mode: weight of the cross-modal term
     w_coeff: float = 0.0           # joint mode: weight of the within-modal term
     seed: int = 0                  # memory initialisation and negative draws (with rank and step)
+    instance_unit: str = "sample"  # memory row per shard sample, or per source video ([A]: per video)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"objective.avid.mode must be one of {MODES}, got {self.mode!r}")
         if self.num_negatives < 1 or self.temperature <= 0:
             raise ValueError("objective.avid.num_negatives must be >= 1 and temperature > 0")
+        if self.instance_unit not in ("sample", "source"):
+            raise ValueError(f"objective.avid.instance_unit must be sample or source, got {self.instance_unit!r}")
         if self.mode == "joint" and self.x_coeff + self.w_coeff <= 0:
             raise ValueError("objective.avid: joint mode needs x_coeff + w_coeff > 0")
 
@@ -110,6 +113,7 @@ class AVIDObjective:
         self.cfg = cfg
         self.memory = MemoryBank(num_instances, dim, cfg.momentum, seed=cfg.seed, device=device)
         self.z = PartitionConstant()
+        self.instances: Any = None  # key -> row (InstanceIndex) for batches without "index"
 
     @property
     def num_instances(self) -> int:
@@ -119,7 +123,12 @@ class AVIDObjective:
         return F.normalize(outputs["v1"]["z"].float(), dim=1), F.normalize(outputs["a1"]["z"].float(), dim=1)
 
     def _index(self, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
-        index = torch.as_tensor(batch["index"]).long()
+        if "index" in batch:
+            index = torch.as_tensor(batch["index"]).long()
+        elif self.instances is not None:
+            index = self.instances(batch["key"])
+        else:
+            raise KeyError("AVID/CMA need the batch's instance indices (batch['index'] or keys and an InstanceIndex)")
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_instances):
             raise ValueError(f"instance index out of range [0, {self.num_instances}): the batch does not come "
                              "from the shards the memory bank was sized for")
