@@ -118,7 +118,7 @@ def test_rank_killed_by_sigkill_restarts_the_group_from_the_newest_checkpoint(tm
 WRAPPER = '''
 import os, resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-from crisscross.train import trainer
+from crisscross.train import resume, trainer
 from crisscross.train.checkpoint import find_latest
 what, arm_step = sys.argv[1], int(sys.argv[2])
 run_dir = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("run.dir="))
@@ -127,7 +127,7 @@ def arm(limit=None):  # default: half the checkpoint already on disk, so the nex
     limit = limit or os.path.getsize(find_latest(run_dir)) // 2
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
-real_save, real_export = trainer.save_checkpoint, trainer.save_backbones
+real_save, real_export = resume.save_checkpoint, trainer.save_backbones
 def save(run_dir_, step, state, **kw):
     if what == "checkpoint" and step >= arm_step:
         arm()
@@ -136,7 +136,7 @@ def export(*args, **kw):
     if what == "export":
         arm(100_000)  # part-way through video.safetensors (about 470 kB for the debug model)
     return real_export(*args, **kw)
-trainer.save_checkpoint, trainer.save_backbones = save, export
+resume.save_checkpoint, trainer.save_backbones = save, export
 from crisscross.tools.cli import main
 sys.exit(main(sys.argv[3:]))
 '''

@@ -107,43 +107,30 @@ class _Bench:
     """The trainer's model/optimizer/step on one device, timed on two data sources."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        from contextlib import nullcontext
-
-        from crisscross.train.objective import CrissCrossObjective, ObjectiveConfig
-        from crisscross.train.optim import Schedule, build_optimizer, parameter_groups, set_learning_rates
-        from crisscross.train.trainer import DTYPES, build_loader, build_model, setup_distributed
+        from crisscross.train.distributed import setup_distributed
+        from crisscross.train.optim import Schedule, set_learning_rates
+        from crisscross.train.trainer import build_setup
 
         self.config = config
         self.env = setup_distributed(config["run"])
         self.device = self.env.device
-        objective_cfg = ObjectiveConfig.from_dict(config["objective"])
-        self.views = objective_cfg.views
-        self.objective = CrissCrossObjective(objective_cfg)
-        self.model, raw = build_model(config, objective_cfg, self.env)
+        self.setup = build_setup(config, self.env)  # the trainer's own model, optimizer, precision and loader
+        self.views = self.setup.objective.cfg.views
         o = config["optim"]
-        self.optimizer = build_optimizer(parameter_groups(raw), weight_decay=o["weight_decay"], betas=o["betas"],
-                                         larc=o["larc"], larc_trust=o["larc_trust"], larc_clip=o["larc_clip"],
-                                         fused=self.device.type == "cuda")
-        set_learning_rates(self.optimizer, 10, Schedule(o["lr"], o["end_lr"], o["pred_lr"], 0, 100))
-        precision = config["run"]["precision"]
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
-        self.autocast = (torch.autocast(self.device.type, dtype=DTYPES[precision])
-                         if precision != "fp32" else nullcontext())
-        self.loader = build_loader(config, self.env, config["optim"]["batch_size"])
+        set_learning_rates(self.setup.optimizer, 10, Schedule(o["lr"], o["end_lr"], o["pred_lr"], 0, 100))
+        self.loader = self.setup.loader
         first = next(iter(self.loader))
         self.example = {k: first[k] for k in self.views}
         self.flops_per_step = self._count_flops()
 
     def _views(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        views = {k: batch[k] for k in self.views}
-        if self.config["run"]["channels_last"]:
-            views = {k: v.contiguous(memory_format=torch.channels_last_3d) if k[0] == "v" else v
-                     for k, v in views.items()}
-        return views
+        from crisscross.train.trainer import model_views
+        return model_views(batch, self.views, channels_last=self.config["run"]["channels_last"])
 
     def _step(self, views: dict[str, torch.Tensor]) -> torch.Tensor:
         from crisscross.train.trainer import train_step
-        return train_step(self.model, self.objective, self.optimizer, self.scaler, self.autocast, views)[0]
+        s = self.setup
+        return train_step(s.model, s.objective, s.optimizer, s.scaler, s.autocast, views)[0]
 
     def _count_flops(self) -> float:
         from torch.utils.flop_counter import FlopCounterMode

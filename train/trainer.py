@@ -6,14 +6,16 @@ alone prints, logs and writes files. Checkpoints hold everything needed to conti
 (model, optimizer, scaler, step, each rank's loader position and RNG states, config); SIGTERM or
 SIGUSR1 saves one and exits cleanly; a non-finite loss stops the run before anything is saved, so
 the last checkpoint on disk is the last good one.
+
+Around the loop: ``distributed.py`` (process group, DDP, collectives), ``signals.py`` (the stop
+flag), ``runlog.py`` (what rank 0 logs and plots), ``resume.py`` (what a checkpoint holds and how a
+run continues from it) and ``checkpoint.py`` (the files). ``build_setup`` is public: the benchmarks
+(``tools/bench_train.py``) time exactly the model, optimizer and loader that ``train()`` runs.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import random
-import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -21,25 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from crisscross.train.checkpoint import (
-    CheckpointWriteError,
-    checkpoint_path,
-    find_latest,
-    find_usable,
-    list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-)
 from crisscross.errors import UserError
+from crisscross.train.checkpoint import find_latest
 from crisscross.train.config import save_config
 from crisscross.train.distributed import (
     DistEnv,
     all_ranks_max,
     gather_objects,
-    reduce_mean,
     setup_distributed,
     shutdown,
     wrap_ddp,
@@ -49,40 +41,15 @@ from crisscross.train.models import CrissCrossModel, ModelConfig
 from crisscross.train.objective import CrissCrossObjective, ObjectiveConfig, collapse_std
 from crisscross.train.optim import Schedule, build_optimizer, parameter_groups, set_learning_rates
 from crisscross.train.prefetch import Prefetcher
+from crisscross.train.resume import restore_checkpoint, resume_from, write_checkpoint
+from crisscross.train.runlog import IntervalMeter, RunLogger, plot_loss_curve
+from crisscross.train.signals import StopFlag
 
-CHECKPOINT_FORMAT = 1
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; nothing was saved after the last good checkpoint."""
-
-
-# ------------------------------------------------------------------------------------- signals
-class StopFlag:
-    """Set by SIGTERM/SIGUSR1 (cluster preemption) while training; the loop checks it between steps.
-
-    A context manager: the previous handlers come back afterwards, so a program that calls
-    ``train()`` and then does other work (the demo) is terminated by SIGTERM as usual.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "StopFlag":
-        for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signal = signum
 
 
 # -------------------------------------------------------------------------------------- data
@@ -146,140 +113,6 @@ def schedule_for(config: dict[str, Any], steps_per_epoch: int) -> Schedule:
                     total_steps=int(config["run"]["epochs"]) * steps_per_epoch)
 
 
-# ---------------------------------------------------------------------------------- logging
-class RunLogger:
-    """Rank 0's outputs: progress bar, TensorBoard scalars, JSONL records, loss-curve PNG."""
-
-    def __init__(self, run_dir: Path, config: dict[str, Any], start: int, total: int, enabled: bool) -> None:
-        self.enabled, self.run_dir = enabled, run_dir
-        self.bar = self.writer = None
-        if not enabled:
-            return
-        if config["run"]["progress"]:
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
-        if config["run"]["tensorboard"]:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-        self.jsonl = open(run_dir / "log.jsonl", "a")
-
-    def step(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def record(self, step: int, metrics: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.jsonl.flush()
-        if self.writer is not None:
-            for key, value in metrics.items():
-                self.writer.add_scalar(key, value, step)
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{metrics['loss/total']:.4f}", clips_s=f"{metrics['perf/clips_per_s']:.1f}")
-
-    def message(self, text: str) -> None:
-        if self.enabled:
-            (self.bar.write if self.bar is not None else print)(text)
-
-    def close(self) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
-        self.jsonl.close()
-
-
-def plot_loss_curve(run_dir: Path) -> Path | None:
-    """Loss and sub-losses against step, from log.jsonl (the last record of a step wins)."""
-    log = run_dir / "log.jsonl"
-    if not log.exists():
-        return None
-    by_step = {r["step"]: r for r in map(json.loads, log.read_text().splitlines()) if r}
-    if not by_step:
-        return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    steps = sorted(by_step)
-    keys = {k for r in by_step.values() for k in r}
-    fig, (ax, ax_collapse) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in sorted(k for k in keys if k.startswith("loss/")):
-        ax.plot(steps, [by_step[s].get(key, math.nan) for s in steps], label=key[5:],
-                linewidth=2.0 if key == "loss/total" else 0.8, linestyle="-" if "/L_" not in key else ":")
-    ax.set(xlabel="step", ylabel="loss (-cosine)", title="CrissCross loss and sub-losses")
-    ax.legend(fontsize=7)
-    for key in sorted(k for k in keys if k.startswith("collapse/")):
-        ax_collapse.plot(steps, [by_step[s].get(key, math.nan) for s in steps], label=key[9:])
-    ax_collapse.set(xlabel="step", ylabel="std of l2-normalized z", title="collapse monitor (0 = collapsed)")
-    ax_collapse.set_ylim(bottom=0)
-    ax_collapse.legend(fontsize=7)
-    for axis in (ax, ax_collapse):
-        axis.grid(alpha=0.3)
-    out = run_dir / "loss_curve.png"
-    fig.savefig(out, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return out
-
-
-# ---------------------------------------------------------------------------------- checkpoint
-def rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def restore_rng(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def write_checkpoint(run_dir: Path, step: int, config: dict[str, Any], raw: nn.Module, optimizer: Any,
-                     scaler: torch.amp.GradScaler, loader_state: Any, env: DistEnv) -> Path | None:
-    """Collective (every rank calls it): gathers loader/RNG states, rank 0 writes atomically.
-
-    A failed write (full disk, ...) stops every rank with ``CheckpointWriteError``: the ranks
-    agree on the outcome instead of waiting at a barrier for a rank 0 that has gone."""
-    loader_states = gather_objects(loader_state, env)
-    rng_states = gather_objects(rng_state(env.device), env)
-    path, error = None, None
-    if env.is_main:
-        state = {
-            "format": CHECKPOINT_FORMAT, "step": step, "config": config, "world_size": env.world_size,
-            "model": raw.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "loader": loader_states, "rng": rng_states,
-        }
-        try:
-            path = save_checkpoint(run_dir, step, state, keep=config["run"]["keep_checkpoints"],
-                                   keep_every=config["run"]["keep_every"])
-        except CheckpointWriteError as exc:
-            error = exc
-    if all_ranks_max(error is not None, env):  # also the barrier: no rank runs ahead of the write
-        raise error or CheckpointWriteError(checkpoint_path(run_dir, step), RuntimeError(
-            "rank 0 could not write it"), None, kept="rank 0's error says why")
-    return path
-
-
-def resume_from(resume: str | None, run_dir: Path) -> Path | None:
-    """``auto`` = newest complete checkpoint of the run (or a fresh start); else a path or None."""
-    if resume in (None, "", "none"):
-        if list_checkpoints(run_dir):
-            raise FileExistsError(f"{run_dir} already has checkpoints: pass --resume auto to continue it, "
-                                  "or choose another run.dir")
-        return None
-    if resume == "auto":
-        return find_usable(run_dir)  # never a file cut short
-    path = Path(resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
-    return path
-
-
 # ------------------------------------------------------------------------------------ training
 def train_step(model: nn.Module, objective: CrissCrossObjective, optimizer: Any, scaler: torch.amp.GradScaler,
                autocast: Any, views: dict[str, torch.Tensor]):
@@ -292,6 +125,15 @@ def train_step(model: nn.Module, objective: CrissCrossObjective, optimizer: Any,
     scaler.step(optimizer)  # GradScaler unscales first, so LARC sees true gradient norms
     scaler.update()
     return loss, sublosses, outputs
+
+
+def model_views(batch: dict[str, Any], names: tuple[str, ...] | list[str], *, channels_last: bool) -> dict[str, Any]:
+    """The views the objective uses, video views (``v*``) in channels_last_3d when asked."""
+    views = {name: batch[name] for name in names}
+    if channels_last:
+        views = {k: v.contiguous(memory_format=torch.channels_last_3d) if k[0] == "v" else v
+                 for k, v in views.items()}
+    return views
 
 
 def train(config: dict[str, Any], resume: str | None = None) -> dict[str, Any]:
@@ -321,6 +163,10 @@ class Setup:
 
 
 def build_setup(config: dict[str, Any], env: DistEnv) -> Setup:
+    """Model, optimizer, precision, loader and schedule of a resolved config, on ``env``'s device.
+
+    Public: what ``train()`` trains, for the benchmarks to time (``env`` from
+    ``crisscross.train.distributed.setup_distributed``). No checkpoint is read or written."""
     run, optim_cfg = config["run"], config["optim"]
     global_batch = int(optim_cfg["batch_size"])
     if global_batch % env.world_size:
@@ -346,38 +192,8 @@ def build_setup(config: dict[str, Any], env: DistEnv) -> Setup:
 
 def restore(setup: Setup, checkpoint_file: str, env: DistEnv) -> int:
     """Load a checkpoint into the setup; returns the step to continue from."""
-    state = load_checkpoint(checkpoint_file, map_location="cpu")  # RNG states must stay on the CPU
-    setup.raw.load_state_dict(state["model"])
-    setup.optimizer.load_state_dict(state["optimizer"])
-    setup.scaler.load_state_dict(state["scaler"])
-    if state["world_size"] == env.world_size:
-        setup.loader.load_state_dict(state["loader"][env.rank])
-        restore_rng(state["rng"][env.rank], env.device)
-    elif env.is_main:
-        print(f"warning: checkpoint was written by {state['world_size']} ranks, now {env.world_size}: "
-              "the data order restarts (loader positions are per rank)")
-    return int(state["step"])
-
-
-class IntervalMeter:
-    """Sums sub-losses on the device (no per-step sync) and data-wait time between log records."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.start, self.data_wait, self.steps, self.sums = time.perf_counter(), 0.0, 0, None
-
-    def add(self, values: torch.Tensor) -> None:
-        self.sums = values if self.sums is None else self.sums + values
-        self.steps += 1
-
-    def metrics(self, names: list[str], global_batch: int, env: DistEnv) -> dict[str, float]:
-        elapsed = time.perf_counter() - self.start
-        local = torch.cat([self.sums / self.steps, torch.tensor([self.data_wait / elapsed], device=self.sums.device)])
-        means = reduce_mean(local, env).tolist()
-        return {**dict(zip(names, means[:-1])), "perf/clips_per_s": self.steps * global_batch / elapsed,
-                "perf/data_wait_frac": means[-1]}
+    return restore_checkpoint(checkpoint_file, env, raw=setup.raw, optimizer=setup.optimizer, scaler=setup.scaler,
+                              loader=setup.loader)
 
 
 def _train(config: dict[str, Any], resume: str | None, env: DistEnv) -> dict[str, Any]:
@@ -426,10 +242,7 @@ def run_steps(config: dict[str, Any], setup: Setup, env: DistEnv, stream: Prefet
         waited = time.perf_counter()
         batch = stream.next()
         meter.data_wait += time.perf_counter() - waited
-        views = {name: batch[name] for name in views_needed}
-        if run["channels_last"]:
-            views = {k: v.contiguous(memory_format=torch.channels_last_3d) if k[0] == "v" else v
-                     for k, v in views.items()}
+        views = model_views(batch, views_needed, channels_last=run["channels_last"])
 
         rates = set_learning_rates(setup.optimizer, step, setup.schedule)
         loss, sublosses, outputs = train_step(setup.model, setup.objective, setup.optimizer, setup.scaler,
