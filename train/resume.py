@@ -43,8 +43,12 @@ def restore_rng(state: dict[str, Any], device: torch.device) -> None:
 
 
 def write_checkpoint(run_dir: Path, step: int, config: dict[str, Any], raw: nn.Module, optimizer: Any,
-                     scaler: torch.amp.GradScaler, loader_state: Any, env: DistEnv) -> Path | None:
+                     scaler: torch.amp.GradScaler, loader_state: Any, env: DistEnv,
+                     objective_state: dict[str, Any] | None = None) -> Path | None:
     """Collective (every rank calls it): gathers loader/RNG states, rank 0 writes atomically.
+
+    ``objective_state``: the objective's state (AVID's memory banks and Z, CMA's positive sets),
+    identical on every rank, so rank 0's is stored; empty for CrissCross.
 
     A failed write (full disk, ...) stops every rank with ``CheckpointWriteError``: the ranks
     agree on the outcome instead of waiting at a barrier for a rank 0 that has gone."""
@@ -55,7 +59,7 @@ def write_checkpoint(run_dir: Path, step: int, config: dict[str, Any], raw: nn.M
         state = {
             "format": CHECKPOINT_FORMAT, "step": step, "config": config, "world_size": env.world_size,
             "model": raw.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "loader": loader_states, "rng": rng_states,
+            "loader": loader_states, "rng": rng_states, "objective": objective_state or {},
         }
         try:
             path = save_checkpoint(run_dir, step, state, keep=config["run"]["keep_checkpoints"],
@@ -84,11 +88,14 @@ def resume_from(resume: str | None, run_dir: Path) -> Path | None:
 
 
 def restore_checkpoint(checkpoint_file: str | Path, env: DistEnv, *, raw: nn.Module, optimizer: Any,
-                       scaler: torch.amp.GradScaler, loader: Any) -> int:
-    """Load a checkpoint into the model, optimizer, scaler and (same world size) this rank's loader
-    position and RNG states; returns the step to continue from."""
+                       scaler: torch.amp.GradScaler, loader: Any, objective: Any = None) -> int:
+    """Load a checkpoint into the model, optimizer, scaler, objective (memory banks, Z, positive
+    sets) and (same world size) this rank's loader position and RNG states; returns the step to
+    continue from."""
     state = load_checkpoint(checkpoint_file, map_location="cpu")  # RNG states must stay on the CPU
     raw.load_state_dict(state["model"])
+    if objective is not None:
+        objective.load_state_dict(state.get("objective") or {})
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
     if state["world_size"] == env.world_size:

@@ -37,8 +37,12 @@ from crisscross.train.distributed import (
     wrap_ddp,
 )
 from crisscross.train.export import save_backbones
-from crisscross.train.models import CrissCrossModel, ModelConfig
-from crisscross.train.objective import CrissCrossObjective, ObjectiveConfig, collapse_std
+from crisscross.train.methods import init_from_run, model_kwargs, objective_state, projection, step_context
+from crisscross.train.models import ModelConfig
+from crisscross.train.models import build_model as build_network
+from crisscross.train.objective import CrissCrossObjective, ObjectiveConfig, collapse_std  # noqa: F401 (tests patch it)
+from crisscross.train.objectives.base import StepContext
+from crisscross.train.objectives.registry import build_objective
 from crisscross.train.optim import Schedule, build_optimizer, parameter_groups, set_learning_rates
 from crisscross.train.prefetch import Prefetcher
 from crisscross.train.resume import restore_checkpoint, resume_from, write_checkpoint
@@ -87,8 +91,10 @@ def build_model(config: dict[str, Any], objective: ObjectiveConfig, env: DistEnv
     cuda = env.device.type == "cuda"
     check_compile(config["run"], model_cfg.norm, distributed=env.distributed, cuda=cuda)
     torch.manual_seed(int(config["run"]["seed"]))  # identical initial weights on every rank
-    raw = CrissCrossModel(model_cfg)
-    if config["run"].get("init_from"):  # backbones from an export (docs/weights.md); a resume overrides them
+    raw = build_network(model_cfg)  # CrissCross's model, or the other methods' (docs/methods.md)
+    if config["run"].get("init_from") and not config["run"].get("init_objective"):
+        # backbones from an export (docs/weights.md); a resume overrides them. With
+        # run.init_objective the whole model and the objective state come in build_setup
         from crisscross.train.weights_import import init_encoders_from
 
         init_encoders_from(raw, config["run"]["init_from"])
@@ -110,16 +116,23 @@ def schedule_for(config: dict[str, Any], steps_per_epoch: int) -> Schedule:
     optim = config["optim"]
     return Schedule(lr=float(optim["lr"]), end_lr=float(optim["end_lr"]), pred_lr=float(optim["pred_lr"]),
                     warmup_steps=round(float(optim["warmup_epochs"]) * steps_per_epoch),
-                    total_steps=int(config["run"]["epochs"]) * steps_per_epoch)
+                    total_steps=int(config["run"]["epochs"]) * steps_per_epoch,
+                    warmup_start_lr=float(optim.get("warmup_start_lr", 0.0)),
+                    kind=str(optim.get("schedule", "cosine")))
 
 
 # ------------------------------------------------------------------------------------ training
-def train_step(model: nn.Module, objective: CrissCrossObjective, optimizer: Any, scaler: torch.amp.GradScaler,
-               autocast: Any, views: dict[str, torch.Tensor]):
-    """One optimizer step; returns (loss, sub-losses, outputs) without synchronizing the device."""
+def train_step(model: nn.Module, objective: Any, optimizer: Any, scaler: torch.amp.GradScaler,
+               autocast: Any, views: dict[str, torch.Tensor], batch: dict[str, Any] | None = None,
+               ctx: StepContext | None = None, forward_kwargs: dict[str, Any] | None = None):
+    """One optimizer step; returns (loss, sub-losses, outputs) without synchronizing the device.
+
+    ``batch`` gives the objective the batch's other fields (AVID's instance keys), ``ctx`` the
+    step, epoch and process group, ``forward_kwargs`` the model's extra inputs (STiCA's crop seed)."""
     with autocast:
-        outputs = model(views)
-    loss, sublosses = objective(outputs)  # computed in float32, outside autocast
+        outputs = model(views, **(forward_kwargs or {}))
+    # computed in float32, outside autocast
+    loss, sublosses = objective(outputs, batch if batch is not None else views, ctx or StepContext())
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)  # GradScaler unscales first, so LARC sees true gradient norms
@@ -150,8 +163,8 @@ class Setup:
     """Everything the loop needs, built identically on every rank."""
 
     model: nn.Module          # what is called (DDP / compiled wrapper)
-    raw: nn.Module            # what is saved (the plain CrissCrossModel)
-    objective: CrissCrossObjective
+    raw: nn.Module            # what is saved (the plain CrissCrossModel or ContrastiveModel)
+    objective: Any            # the objective interface (train/objectives/base.py)
     optimizer: Any            # Adam, or LARC around it
     scaler: torch.amp.GradScaler
     autocast: Any
@@ -176,7 +189,13 @@ def build_setup(config: dict[str, Any], env: DistEnv) -> Setup:
     optimizer = build_optimizer(parameter_groups(raw), weight_decay=float(optim_cfg["weight_decay"]),
                                 betas=tuple(optim_cfg["betas"]), larc=bool(optim_cfg["larc"]),
                                 larc_trust=float(optim_cfg["larc_trust"]), larc_clip=bool(optim_cfg["larc_clip"]),
-                                fused=env.device.type == "cuda")
+                                fused=env.device.type == "cuda", name=str(optim_cfg.get("name", "adam")),
+                                momentum=float(optim_cfg.get("momentum", 0.9)))
+    objective = build_objective(config, env.device)
+    if run.get("init_from") and run.get("init_objective"):  # e.g. CMA from an AVID run; a resume overrides it
+        message = init_from_run(raw, objective, run["init_from"])
+        if env.is_main:
+            print(message)
     precision = run["precision"]
     scaler = torch.amp.GradScaler(env.device.type, enabled=precision == "fp16")
     autocast = torch.autocast(env.device.type, dtype=DTYPES[precision]) if precision != "fp32" else nullcontext()
@@ -186,14 +205,14 @@ def build_setup(config: dict[str, Any], env: DistEnv) -> Setup:
     steps_per_epoch = int(run["epoch_size"]) // global_batch if run["epoch_size"] else len(loader)
     schedule = schedule_for(config, steps_per_epoch)
     last_step = schedule.total_steps if run["max_steps"] is None else min(int(run["max_steps"]), schedule.total_steps)
-    return Setup(model, raw, CrissCrossObjective(objective_cfg), optimizer, scaler, autocast, loader, schedule,
+    return Setup(model, raw, objective, optimizer, scaler, autocast, loader, schedule,
                  steps_per_epoch, last_step, global_batch)
 
 
 def restore(setup: Setup, checkpoint_file: str, env: DistEnv) -> int:
     """Load a checkpoint into the setup; returns the step to continue from."""
     return restore_checkpoint(checkpoint_file, env, raw=setup.raw, optimizer=setup.optimizer, scaler=setup.scaler,
-                              loader=setup.loader)
+                              loader=setup.loader, objective=setup.objective)
 
 
 def _train(config: dict[str, Any], resume: str | None, env: DistEnv) -> dict[str, Any]:
@@ -225,12 +244,13 @@ def run_steps(config: dict[str, Any], setup: Setup, env: DistEnv, stream: Prefet
     """The training loop; returns (status, step reached, last logged metrics)."""
     run, run_dir = config["run"], Path(config["run"]["dir"])
     log_every, ckpt_every = max(int(run["log_every"]), 1), max(int(run["checkpoint_every"]), 1)
-    views_needed = setup.objective.cfg.views
+    views_needed = setup.objective.views
     meter = IntervalMeter()
     nonfinite = torch.zeros((), dtype=torch.bool, device=env.device)
     saved_step, metrics = start_step, {}
     save = lambda step: write_checkpoint(run_dir, step, config, setup.raw, setup.optimizer,  # noqa: E731
-                                         setup.scaler, stream.state_dict(), env)
+                                         setup.scaler, stream.state_dict(), env,
+                                         objective_state=objective_state(setup.objective))
     setup.model.train()
 
     for step in range(start_step, setup.last_step):
@@ -244,9 +264,13 @@ def run_steps(config: dict[str, Any], setup: Setup, env: DistEnv, stream: Prefet
         meter.data_wait += time.perf_counter() - waited
         views = model_views(batch, views_needed, channels_last=run["channels_last"])
 
+        ctx = step_context(step, setup.steps_per_epoch, env)
+        if step % setup.steps_per_epoch == 0:
+            setup.objective.on_epoch_start(ctx.epoch, ctx)  # CMA re-mines its positive sets on a schedule
         rates = set_learning_rates(setup.optimizer, step, setup.schedule)
         loss, sublosses, outputs = train_step(setup.model, setup.objective, setup.optimizer, setup.scaler,
-                                              setup.autocast, views)
+                                              setup.autocast, views, batch, ctx,
+                                              model_kwargs(setup.raw, int(run["seed"]), ctx))
         nonfinite |= ~torch.isfinite(loss.detach())
         meter.add(torch.stack([loss.detach(), *sublosses.values()]))
         logger.step()
@@ -261,7 +285,7 @@ def run_steps(config: dict[str, Any], setup: Setup, env: DistEnv, stream: Prefet
                 "learning rate, enable optim.larc, or use run.precision=fp32/bf16 before resuming.")
         if at_log:
             metrics = meter.metrics(["loss/total", *sublosses], setup.global_batch, env)
-            metrics.update({f"collapse/{m}": collapse_std(outputs[v][0]).item()
+            metrics.update({f"collapse/{m}": collapse_std(projection(outputs[v])).item()
                             for m, v in (("video", "v1"), ("audio", "a1")) if v in outputs})
             metrics.update({f"lr/{name}": lr for name, lr in rates.items()})
             metrics["epoch"] = done / setup.steps_per_epoch
