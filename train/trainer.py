@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from crisscross.errors import UserError
+from crisscross.shards.atomic import atomic_write
 from crisscross.train.checkpoint import find_latest
 from crisscross.train.config import save_config
 from crisscross.train.distributed import (
@@ -310,7 +311,7 @@ def finish(config: dict[str, Any], setup: Setup, env: DistEnv, status: str, step
         summary["loss_curve"] = str(plot_loss_curve(run_dir))
         if config["run"]["export"]:
             summary["export"] = str(export_backbones(run_dir, setup, config))
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2))  # a reader never sees half of it
     return summary
 
 
