@@ -230,6 +230,8 @@ def _train(config: dict[str, Any], resume: str | None, env: DistEnv) -> dict[str
     logger = RunLogger(run_dir, config, start_step, setup.last_step, env.is_main)
     if checkpoint_file:
         logger.message(f"resumed from {checkpoint_file} at step {start_step}")
+    if hasattr(setup.loader, "limit_action"):  # past data.max_bad_fraction: a flag, so all ranks stop together
+        setup.loader.limit_action = "flag"
     stream = Prefetcher(setup.loader, depth=int(run["prefetch"]))
     try:
         with StopFlag() as stop:
@@ -252,17 +254,21 @@ def run_steps(config: dict[str, Any], setup: Setup, env: DistEnv, stream: Prefet
     save = lambda step: write_checkpoint(run_dir, step, config, setup.raw, setup.optimizer,  # noqa: E731
                                          setup.scaler, stream.state_dict(), env,
                                          objective_state=objective_state(setup.objective))
+    data_error: str | None = None  # this rank's loader passed data.max_bad_fraction
     setup.model.train()
 
     for step in range(start_step, setup.last_step):
-        if all_ranks_max(stop.signal is not None, env):
+        if all_ranks_max(stop.signal is not None or data_error is not None, env):
             save(step)
+            if all_ranks_max(data_error is not None, env):
+                stop_for_bad_samples(run_dir, step, setup, env, data_error)
             logger.message(f"stop signal received: saved the checkpoint of step {step} and exiting")
             return "preempted", step, metrics
 
         waited = time.perf_counter()
         batch = stream.next()
         meter.data_wait += time.perf_counter() - waited
+        data_error = batch.get("data_error") or data_error
         views = model_views(batch, views_needed, channels_last=run["channels_last"])
 
         ctx = step_context(step, setup.steps_per_epoch, env)
@@ -293,12 +299,39 @@ def run_steps(config: dict[str, Any], setup: Setup, env: DistEnv, stream: Prefet
             # loader counters (e.g. short-clip fallbacks of the relaxed view sampling), rank 0's view
             metrics.update({f"data/{k}": float(v) for k, v in setup.loader.stats().items()
                             if isinstance(v, (int, float))})
+            if hasattr(setup.loader, "bad_samples"):  # every rank's, summed; their keys to bad_samples.jsonl
+                metrics["data/bad_samples"] = float(write_bad_samples(run_dir, setup.loader, env))
             logger.record(done, metrics)
             meter.reset()
         if at_ckpt:
             save(done)
             saved_step = done
+    if all_ranks_max(data_error is not None, env):  # passed on the last batch: the final checkpoint is saved
+        stop_for_bad_samples(run_dir, setup.last_step, setup, env, data_error)
     return "completed", setup.last_step, metrics
+
+
+def write_bad_samples(run_dir: Path, loader: Any, env: DistEnv) -> int:
+    """Collective: every rank's newly found bad samples appended to ``<run.dir>/bad_samples.jsonl``
+    by rank 0 (one JSON object per sample, with its rank); returns the count over all ranks."""
+    gathered = gather_objects((loader.bad_samples.drain(), loader.stats().get("bad_samples", 0)), env)
+    if env.is_main and any(records for records, _ in gathered):
+        with open(run_dir / "bad_samples.jsonl", "a", encoding="utf-8") as handle:
+            for rank, (records, _) in enumerate(gathered):
+                handle.writelines(json.dumps({"rank": rank, **r}) + "\n" for r in records)
+    return sum(count for _, count in gathered)
+
+
+def stop_for_bad_samples(run_dir: Path, step: int, setup: Setup, env: DistEnv, data_error: str | None) -> None:
+    """Collective, after the checkpoint of ``step``: write the bad samples' keys, then stop every
+    rank with the message of the ranks that passed the bound."""
+    from crisscross.shards.loader import BadSampleLimitError
+
+    write_bad_samples(run_dir, setup.loader, env)
+    messages = [f"rank {rank}: {m}" if env.distributed else m
+                for rank, m in enumerate(gather_objects(data_error, env)) if m]
+    raise BadSampleLimitError(f"stopped at step {step} (its checkpoint is saved: {find_latest(run_dir)}): "
+                              + " | ".join(messages))
 
 
 def finish(config: dict[str, Any], setup: Setup, env: DistEnv, status: str, step: int,
