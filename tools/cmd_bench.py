@@ -1,4 +1,4 @@
-"""``crisscross bench shards|loader|train|eval|gpu|all``: benchmarks that compare ours against a baseline in one run.
+"""``crisscross bench shards|loader|train|eval|gpu|soak|all``: benchmarks that compare ours against a baseline in one run.
 
 Each benchmark lives in ``crisscross.tools.bench_<name>`` and exposes ``add_arguments(parser)``
 and ``run(args) -> dict``. The dict holds at least ``ours``, ``baseline``, ``ratio``, ``unit``
@@ -12,7 +12,7 @@ import argparse
 import importlib
 import json
 
-BENCHMARKS = ("shards", "loader", "train", "eval", "gpu", "all")
+BENCHMARKS = ("shards", "loader", "train", "eval", "gpu", "soak", "all")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
