@@ -16,9 +16,10 @@ CrissCross main paper: Table 4 (linear evaluation, columns = pretraining dataset
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 RESULTS_FORMAT = "crisscross-results/1"
 COMPARISON_ONLY = "(comparison only)"

@@ -81,11 +81,11 @@ class VideoAugment:
     std: tuple[float, float, float] = KINETICS_STD
 
     @classmethod
-    def from_dict(cls, values: dict | None) -> "VideoAugment":
+    def from_dict(cls, values: dict | None) -> VideoAugment:
         return _from_dict(cls, values)
 
     @classmethod
-    def disabled(cls, **overrides) -> "VideoAugment":
+    def disabled(cls, **overrides) -> VideoAugment:
         off = dict(crop=False, flip=False, color_jitter=False, grayscale=False, blur=False, cutout=False)
         off.update(overrides)
         return cls(**off)
@@ -111,11 +111,11 @@ class AudioAugment:
     time_warp_window: int = 20
 
     @classmethod
-    def from_dict(cls, values: dict | None) -> "AudioAugment":
+    def from_dict(cls, values: dict | None) -> AudioAugment:
         return _from_dict(cls, values)
 
     @classmethod
-    def disabled(cls, **overrides) -> "AudioAugment":
+    def disabled(cls, **overrides) -> AudioAugment:
         off = dict(volume=False, freq_mask=False, time_mask=False, random_crop=False, time_warp=False)
         off.update(overrides)
         return cls(**off)
@@ -146,7 +146,7 @@ class AugmentConfig:
     audio: AudioAugment = field(default_factory=AudioAugment)
 
     @classmethod
-    def from_dict(cls, values: dict | None) -> "AugmentConfig":
+    def from_dict(cls, values: dict | None) -> AugmentConfig:
         values = dict(values or {})
         unknown = sorted(set(values) - {"video", "audio"})
         if unknown:

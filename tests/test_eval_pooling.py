@@ -119,7 +119,9 @@ def test_each_eval_preset_pools_its_full_size_map_completely(preset):
 
 def test_paper_kernel_without_ceil_mode_would_miss_positions():
     """The check above can fail: the pre-issue-9 pooling (no partial window) misses rows 4-6."""
-    plain = lambda fmap: torch.nn.functional.max_pool3d(fmap, (1, 4, 4), (1, 4, 4)).flatten(1)
+    def plain(fmap):
+        return torch.nn.functional.max_pool3d(fmap, (1, 4, 4), (1, 4, 4)).flatten(1)
+
     with pytest.raises(AssertionError, match="never reach the feature"):
         assert_every_position_counts(plain, (512, 1, 7, 7))
     assert_every_position_counts(max_pool((1, 4, 4)), (512, 1, 7, 7))

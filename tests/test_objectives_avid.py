@@ -15,9 +15,9 @@ from crisscross.train.objectives.nce import (
     MemoryBank,
     PartitionConstant,
     find_positives,
+    nce_loss,
     negatives_excluding_self,
     negatives_excluding_sets,
-    nce_loss,
     unique_last,
 )
 
@@ -104,7 +104,7 @@ def test_scores_use_the_pre_update_memory():
     from crisscross.train.objectives.base import step_generator
 
     neg = negatives_excluding_self(index, 10, 4, step_generator(3, 0, 5))
-    v, a = F.normalize(out["v1"]["z"], dim=1), F.normalize(out["a1"]["z"], dim=1)
+    v = F.normalize(out["v1"]["z"], dim=1)
     s_pos = (v * before["audio"][index]).sum(1, keepdim=True) / 0.07
     s_neg = torch.einsum("bd,bkd->bk", v, before["audio"][neg]) / 0.07
     want = nce_loss(s_pos, s_neg, objective.z.value.float())

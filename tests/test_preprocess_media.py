@@ -12,8 +12,13 @@ import numpy as np
 import pytest
 
 from crisscross.preprocess.media import MediaConfig, decode_source, output_size
-from crisscross.tools.demo_data import (read_frame_index, reference_audio, render_index_frame, write_av_file,
-                                        write_index_clip)
+from crisscross.tools.demo_data import (
+    read_frame_index,
+    reference_audio,
+    render_index_frame,
+    write_av_file,
+    write_index_clip,
+)
 
 CFG = MediaConfig()
 

@@ -102,7 +102,7 @@ def test_esc_layout_builds_audio_only_shards_with_folds(shared_data, tmp_path):
     (root / "meta").mkdir(parents=True)
     (root / "audio").mkdir()
     lines = (shared_data / "esc10" / "esc10.csv").read_text().splitlines()
-    header, rows = lines[0], [l for l in lines[1:] if l.split(",")[1] in ("1", "2")][::40]  # a few from folds 1, 2
+    header, rows = lines[0], [line for line in lines[1:] if line.split(",")[1] in ("1", "2")][::40]  # a few from folds 1, 2
     (root / "meta" / "esc50.csv").write_text("\n".join([header, *rows]) + "\n")
     for row in rows:
         name = row.split(",")[0]

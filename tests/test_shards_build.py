@@ -14,7 +14,7 @@ import pytest
 
 from crisscross.preprocess.build import build_shards
 from crisscross.shards import format as fmt
-from crisscross.shards.reader import iter_raw, iter_samples, read_dataset
+from crisscross.shards.reader import iter_samples, read_dataset
 
 # a small but varied subset: MPEG-PS/mpeg1video+mp2, MP4 with two video + two audio streams,
 # WebM/VP8+Vorbis at 720p, and audio-only FLAC

@@ -7,8 +7,7 @@ import json
 import pytest
 import torch
 
-from crisscross.train.checkpoint import (checkpoint_dir, find_latest, list_checkpoints, load_checkpoint,
-                                         save_checkpoint)
+from crisscross.train.checkpoint import checkpoint_dir, find_latest, list_checkpoints, load_checkpoint, save_checkpoint
 from crisscross.train.export import load_backbones, save_backbones
 from crisscross.train.models import CrissCrossModel, ModelConfig
 

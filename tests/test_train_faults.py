@@ -15,10 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
-from crisscross.train.checkpoint import find_latest, list_checkpoints, load_checkpoint
+from crisscross.train.checkpoint import find_latest, load_checkpoint
 
 CLI = ["-m", "crisscross.tools.cli", "pretrain", "--config", "debug"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]

@@ -7,8 +7,14 @@ import torch
 import torchvision
 from torch import nn
 
-from crisscross.train.models import (CrissCrossModel, ModelConfig, Predictor, Projector, build_audio_encoder,
-                                     build_video_encoder)
+from crisscross.train.models import (
+    CrissCrossModel,
+    ModelConfig,
+    Predictor,
+    Projector,
+    build_audio_encoder,
+    build_video_encoder,
+)
 
 
 def test_video_r2plus1d18_matches_table_s5():

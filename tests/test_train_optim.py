@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crisscross.train.models import CrissCrossModel, ModelConfig
-from crisscross.train.optim import (LARC, Schedule, build_optimizer, learning_rate, parameter_groups,
-                                    set_learning_rates)
+from crisscross.train.optim import LARC, Schedule, build_optimizer, learning_rate, parameter_groups, set_learning_rates
 
 KS = Schedule(lr=2e-4, end_lr=0.0, pred_lr=2e-3, warmup_steps=100, total_steps=1000)
 

@@ -330,7 +330,7 @@ def test_corrupt_truncated_and_foreign_files(crisscross_release, avid_release, t
     empty.write_bytes(b"")
     with pytest.raises(WeightsImportError, match="empty file"):
         read_release_file(empty)
-    for source, name in ((crisscross_release["video"], "zip format"), (avid_release["file"], "legacy format"),
+    for source, _name in ((crisscross_release["video"], "zip format"), (avid_release["file"], "legacy format"),
                          (crisscross_release["zipped"], "release zip")):
         data = source.read_bytes()
         truncated = tmp_path / f"truncated-{source.name}"

@@ -38,8 +38,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 RESULT_MARK = "@@bench-gpu-step "  # the child's result line starts with this
 # the longest single-GPU step (bench_train) runs last, so a short --budget cuts it rather than the rest

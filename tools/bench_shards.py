@@ -169,7 +169,7 @@ def _pcm_vs_flac(args: argparse.Namespace, tmp: Path) -> dict:
         ext = "audio.pcm" if audio_format == "pcm" else "audio.flac"
         audio_bytes = _component_bytes(keep, ext)
         seconds = sum(r["audio_samples"] for r in rows) / 16000
-        read_s, decoded_s = _best(lambda: audio_read_cost(keep), args.repeats)
+        read_s, decoded_s = _best(lambda keep=keep: audio_read_cost(keep), args.repeats)
         result[f"{audio_format}_audio_bytes_per_clip_second"] = round(audio_bytes / seconds)
         result[f"{audio_format}_read_ms_per_clip_minute"] = round(1e3 * read_s / decoded_s * 60, 3)
         print(f"{audio_format}: {audio_bytes / seconds / 1e3:.1f} kB per audio second, "

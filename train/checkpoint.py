@@ -88,7 +88,7 @@ def is_complete(path: Path) -> bool:
 def find_usable(run_dir: str | Path) -> Path | None:
     """The newest checkpoint that is a complete archive; newer damaged ones are reported on stderr
     and left in place (renamed files are never deleted by the reader)."""
-    for step, path in reversed(list_checkpoints(run_dir)):
+    for _step, path in reversed(list_checkpoints(run_dir)):
         if is_complete(path):
             return path
         print(f"warning: checkpoint {path} is incomplete (not a whole archive); skipping it", file=sys.stderr)

@@ -9,8 +9,9 @@ per-video instances). The synthetic loader's keys ``synthetic-NNNNNN`` map to NN
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -39,7 +40,7 @@ class InstanceIndex:
                            "it (were the shards rebuilt after the manifest was read?)") from None
 
     @classmethod
-    def from_manifest(cls, shards: str | Path, unit: str = "sample") -> "InstanceIndex":
+    def from_manifest(cls, shards: str | Path, unit: str = "sample") -> InstanceIndex:
         if unit not in UNITS:
             raise ValueError(f"instance unit must be one of {UNITS}, got {unit!r}")
         path = Path(shards) / "manifest.parquet"
@@ -56,7 +57,7 @@ class InstanceIndex:
         return cls(keys, [r["source"] for r in rows] if unit == "source" else None)
 
     @classmethod
-    def for_run(cls, config: dict[str, Any], unit: str = "sample") -> "InstanceIndex":
+    def for_run(cls, config: dict[str, Any], unit: str = "sample") -> InstanceIndex:
         """The instances of a training config's data (shards, or the synthetic loader's samples)."""
         if config["run"]["loader"] == "synthetic":
             return cls(f"synthetic-{i:06d}" for i in range(int(config["synthetic"]["num_samples"])))

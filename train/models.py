@@ -28,12 +28,13 @@ which makes 1-process vs N-process parity exact on CPUs) or ``none``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from crisscross.train.heads import HEADS, avid_mlp, gdt_mlp
@@ -77,8 +78,8 @@ class ModelConfig:
     transformer_layers: int = 2          # STiCA's pooling transformer (appendix 6.2)
     transformer_heads: int = 4
     transformer_ffn: int = 2048
-    transformer_tokens: Optional[int] = None  # re-pool time to this many tokens first (GDT's time_dim)
-    crops: Optional[CropConfig] = None   # STiCA's feature crops on the last video map (null = off)
+    transformer_tokens: int | None = None  # re-pool time to this many tokens first (GDT's time_dim)
+    crops: CropConfig | None = None   # STiCA's feature crops on the last video map (null = off)
 
     def __post_init__(self) -> None:
         if isinstance(self.crops, dict):
@@ -106,7 +107,7 @@ class ModelConfig:
             raise ValueError("model.width must be >= 1 and model.proj_layers 2 or 3")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any] | "ModelConfig") -> "ModelConfig":
+    def from_dict(cls, values: dict[str, Any] | ModelConfig) -> ModelConfig:
         if isinstance(values, ModelConfig):
             return values
         known = {f.name for f in fields(cls)}
@@ -116,7 +117,7 @@ class ModelConfig:
         return cls(**values)
 
     @classmethod
-    def tiny(cls, **overrides: Any) -> "ModelConfig":
+    def tiny(cls, **overrides: Any) -> ModelConfig:
         """The same architecture at width 8, one block per stage and 64-d heads: CPU tests/demo."""
         base = dict(width=8, video_blocks=[1, 1, 1, 1], audio_blocks=[1, 1, 1, 1],
                     proj_hidden=64, proj_dim=64, pred_hidden=16)

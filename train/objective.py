@@ -97,7 +97,7 @@ class ObjectiveConfig:
             raise ValueError(f"objective.reduce must be one of {REDUCTIONS}, got {self.reduce!r}")
 
     @classmethod
-    def from_dict(cls, values: "dict | ObjectiveConfig") -> "ObjectiveConfig":
+    def from_dict(cls, values: dict | ObjectiveConfig) -> ObjectiveConfig:
         if isinstance(values, ObjectiveConfig):
             return values
         unknown = sorted(set(values) - {"name", "terms", "reduce", *(m for m, (_, c) in METHODS.items() if c)})

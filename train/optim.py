@@ -17,8 +17,9 @@ before the wrapped optimizer steps.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,7 +58,7 @@ def learning_rate(step: int, group: str, schedule: Schedule) -> float:
     return schedule.end_lr + 0.5 * (schedule.lr - schedule.end_lr) * (1 + math.cos(math.pi * progress))
 
 
-def set_learning_rates(optimizer: "torch.optim.Optimizer | LARC", step: int, schedule: Schedule) -> dict[str, float]:
+def set_learning_rates(optimizer: torch.optim.Optimizer | LARC, step: int, schedule: Schedule) -> dict[str, float]:
     rates = {}
     for group in optimizer.param_groups:
         group["lr"] = rates[group["name"]] = learning_rate(step, group["name"], schedule)

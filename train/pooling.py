@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 class QKAttention(nn.Module):
@@ -115,7 +115,7 @@ class CropConfig:
     parity_randint: bool = False   # the official code's randint(0, size - w): upper start excluded
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> "CropConfig | None":
+    def from_dict(cls, values: dict[str, Any] | None) -> CropConfig | None:
         if values is None or isinstance(values, CropConfig):
             return values
         known = {f.name for f in fields(cls)}

@@ -10,8 +10,9 @@ epoch and the next batch, so a resumed run continues mid-epoch with the same bat
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -26,7 +27,7 @@ class SyntheticConfig:
     delay_s: float = 0.0
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "SyntheticConfig":
+    def from_dict(cls, values: dict[str, Any]) -> SyntheticConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

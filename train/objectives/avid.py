@@ -31,9 +31,9 @@ from crisscross.train.objectives.nce import (
     MemoryBank,
     PartitionConstant,
     find_positives,
+    nce_loss,
     negatives_excluding_self,
     negatives_excluding_sets,
-    nce_loss,
 )
 
 MODES = ("cross", "self", "joint")
@@ -69,7 +69,7 @@ class AVIDConfig:
             raise ValueError("objective.avid: joint mode needs x_coeff + w_coeff > 0")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "AVIDConfig":
+    def from_dict(cls, values: dict[str, Any]) -> AVIDConfig:
         return _from_dict(cls, values, "objective.avid")
 
 
@@ -93,7 +93,7 @@ class CMAConfig(AVIDConfig):
             raise ValueError("objective.avid_cma: k and resample_every_epochs must be >= 1, coefficients sum > 0")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "CMAConfig":
+    def from_dict(cls, values: dict[str, Any]) -> CMAConfig:
         return _from_dict(cls, values, "objective.avid_cma")
 
 

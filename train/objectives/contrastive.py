@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from crisscross.train.distributed import DistEnv, gather_keys
-from crisscross.train.objectives.base import StepContext, Stateless
+from crisscross.train.objectives.base import Stateless, StepContext
 
 SVACLR_MODES = ("pairwise_scalar", "soft_targets", "none")
 SVACLR_PAIRS = ("a1v1", "a1v2", "a2v1", "a2v2")
@@ -94,7 +94,7 @@ class SvaCLRConfig:
             raise ValueError("objective.svaclr.temperature must be > 0")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "SvaCLRConfig":
+    def from_dict(cls, values: dict[str, Any]) -> SvaCLRConfig:
         return _from_dict(cls, values, "objective.svaclr")
 
 
@@ -173,7 +173,7 @@ class STiCAConfig:
             raise ValueError(f"objective.stica.ll_pairs must be code or all, got {self.ll_pairs!r}")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "STiCAConfig":
+    def from_dict(cls, values: dict[str, Any]) -> STiCAConfig:
         return _from_dict(cls, values, "objective.stica")
 
 

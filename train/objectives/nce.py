@@ -84,7 +84,7 @@ class MemoryBank:
         self.mem = {m: F.normalize(torch.randn(num_items, dim, generator=generator), dim=1).to(device)
                     for m in self.MODALITIES}
 
-    def to(self, device: torch.device | str) -> "MemoryBank":
+    def to(self, device: torch.device | str) -> MemoryBank:
         self.mem = {m: t.to(device) for m, t in self.mem.items()}
         return self
 

@@ -8,7 +8,7 @@ import torch
 
 from crisscross.train.objective import CrissCrossObjective, ObjectiveConfig
 from crisscross.train.objectives.avid import AVIDObjective, CMAObjective
-from crisscross.train.objectives.base import StepContext, Stateless
+from crisscross.train.objectives.base import Stateless, StepContext
 from crisscross.train.objectives.contrastive import STiCAObjective, SvaCLRObjective
 
 
