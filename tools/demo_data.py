@@ -6,8 +6,12 @@ Two kinds of clip:
   class label drives *both* modalities: a ball bounces with a class-specific period (and so a
   class-specific hop height, ``bounce_amplitude``) and every bounce makes a click with a
   class-specific pitch. Everything else is nuisance drawn per clip (ball and background colours,
-  ball size, horizontal drift, phase, noise level), so a model must pick up rhythm, motion and
-  pitch, not a constant colour, to tell the classes apart. Because sound events line up with
+  ball size, horizontal drift, phase, loudness, noise level), so a model must pick up rhythm,
+  motion and pitch, not a constant colour, to tell the classes apart. The pitch is drawn per clip
+  from a band that overlaps the neighbouring classes' bands, and the clicks sit in background
+  noise at a random gain: pitch alone does not name the class, and neither does loudness, so a
+  random audio encoder is not already perfect (the rhythm is the audio cue that separates every
+  class, and it is the one the video shares). Because sound events line up with
   visual events, audio and video predict each other (the premise of cross-modal
   self-supervision). The ball is always brighter than the background: with both contrast
   polarities the tiny demo network could not find the ball even with labels (measured: 49% vs 99%
@@ -33,11 +37,16 @@ from crisscross.shards.atomic import atomic_path
 
 # --- class clips -------------------------------------------------------------------------
 
-# Per-class (bounce period in seconds, click pitch in Hz). Periods and pitches are spread so that
-# each class is separable from both modalities, but by rhythm (and the hop height it sets) and
-# pitch only. The first four periods grow by ~1.6x per class, wider than the +-7% per-clip jitter.
+# Per-class (bounce period in seconds, centre of the click-pitch band in Hz). The first four periods
+# grow by ~1.6x per class, wider than the +-7% per-clip jitter: the rhythm (and the hop height it
+# sets) separates every class in both modalities. The pitch centres are 1.25x apart and each clip's
+# pitch is drawn within +-PITCH_BAND of its centre (x1.4 either way), so every band overlaps its
+# neighbours' (a 1000 Hz click may be class 1, 2 or 3): pitch is a partial cue only.
 CLASS_PERIODS = (0.4, 0.65, 1.05, 1.7, 0.5, 0.8, 1.3, 2.1)
-CLASS_PITCHES = (2400.0, 600.0, 1500.0, 350.0, 950.0, 3300.0, 450.0, 1900.0)
+CLASS_PITCHES = (1250.0, 800.0, 1560.0, 1000.0, 640.0, 1950.0, 512.0, 2440.0)
+PITCH_BAND = 1.4  # per-clip pitch = centre * U(1 / PITCH_BAND, PITCH_BAND), log-uniform
+CLICK_GAIN = (0.15, 0.6)  # per-clip click amplitude: loudness is nuisance
+NOISE_LEVEL = (0.01, 0.05)  # per-clip background noise (standard deviation)
 MAX_CLASSES = len(CLASS_PERIODS)
 
 
@@ -48,6 +57,7 @@ class ClipSpec:
     label: int
     period: float
     pitch: float
+    gain: float
     phase: float
     radius: int
     drift: float
@@ -66,13 +76,14 @@ def draw_clip_spec(label: int, rng: np.random.Generator) -> ClipSpec:
     return ClipSpec(
         label=label,
         period=CLASS_PERIODS[label] * rng.uniform(0.93, 1.07),
-        pitch=CLASS_PITCHES[label] * rng.uniform(0.93, 1.07),
+        pitch=CLASS_PITCHES[label] * PITCH_BAND ** rng.uniform(-1.0, 1.0),
+        gain=rng.uniform(*CLICK_GAIN),
         phase=rng.uniform(0.0, 1.0),
         radius=int(rng.integers(18, 27)),
         drift=rng.uniform(-0.15, 0.15),
         ball_rgb=tuple(int(c) for c in ball),
         background_rgb=tuple(int(c) for c in background),
-        noise=rng.uniform(0.002, 0.02),
+        noise=rng.uniform(*NOISE_LEVEL),
     )
 
 
@@ -116,7 +127,7 @@ def render_class_audio(seconds: float, spec: ClipSpec, sample_rate: int, rng: np
     audio = rng.normal(0.0, spec.noise, size=n).astype(np.float32)
     click_len = int(0.06 * sample_rate)
     tc = np.arange(click_len) / sample_rate
-    click = (0.6 * np.sin(2 * np.pi * spec.pitch * tc) * np.exp(-tc / 0.012)).astype(np.float32)
+    click = (spec.gain * np.sin(2 * np.pi * spec.pitch * tc) * np.exp(-tc / 0.012)).astype(np.float32)
     for bounce in _bounce_times(seconds, spec):
         start = int(round(bounce * sample_rate))
         end = min(n, start + click_len)
