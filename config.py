@@ -210,13 +210,25 @@ def dump_yaml(config: Any) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
+def coerce_sections(config: Any) -> None:
+    """Fields typed as a dataclass but given a dict (``EvalConfig(loader={"n_mels": 40})`` in
+    Python code) become that dataclass, checked as strictly as a preset (in place)."""
+    hints = _hints(type(config))
+    for f in dataclasses.fields(config):
+        value, kind = getattr(config, f.name), hints.get(f.name)
+        if isinstance(value, dict) and dataclasses.is_dataclass(kind):
+            object.__setattr__(config, f.name, from_dict(kind, value, where=f"{f.name}."))
+
+
 class Strict:
     """Mixin: ``Cls.from_dict(values)`` = :func:`from_dict` (unknown keys, types, checks) and
     ``obj.to_dict()`` = :func:`to_dict`, the same for every config section."""
 
+    SECTION = ""  # the section's dotted prefix in messages, e.g. "svm."
+
     @classmethod
     def from_dict(cls: type[T], values: dict[str, Any] | None = None) -> T:
-        return from_dict(cls, values)
+        return from_dict(cls, values, where=getattr(cls, "SECTION", ""))
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

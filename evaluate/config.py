@@ -1,28 +1,36 @@
-"""Evaluation configuration: YAML presets + ``key.sub=value`` overrides, saved with every run.
+"""Evaluation configuration: typed sections, YAML presets with ``base:``, ``key.sub=value`` overrides.
 
 A preset names the protocol's numbers (clips per sample, input length, augmentation, costs,
-finetuning schedule); ``--set`` overrides any of them on the command line. Unknown keys are an
-error, so a typo never silently falls back to a default.
+finetuning schedule); ``key=value`` words (or ``--set key=value``) override any of them on the
+command line. The schema is :class:`EvalConfig` with typed sections (``train_pass``/``test_pass``:
+:class:`PassConfig`, ``svm``: :class:`SVMConfig`, ``fc``: :class:`FCConfig`, ``retrieval``:
+:class:`RetrievalConfig`, ``finetune``: :class:`FinetuneConfig`, ``loader``:
+:class:`EvalLoaderConfig`); the one strict loader of every command (``crisscross.config``) refuses
+an unknown key, a wrong type or a bad value before the dataset is opened, so a typo in
+``svm.*`` never costs a feature-extraction pass. Every key: docs/evaluate.md#config-keys.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, fields
-from importlib import resources
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-import yaml
+from crisscross import config as cfglib
 
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
 SAMPLINGS = ("uniform", "random")
 AUGMENTS = ("none", "linear")
 SPLIT_MODES = ("auto", "folds", "split")
 CLASSIFIERS = ("svm", "fc")
 MODALITIES = ("video", "audio")
-# build_eval_loader arguments that must match the encoder's training input (train/export.py)
+# loader options that must match the encoder's training input (train/export.py "input")
 FRONT_END_KEYS = ("frame_stride", "fps", "sample_rate", "n_mels", "n_fft", "hop", "logmel_mean", "logmel_std")
 RETRIEVAL_DIRECTIONS = ("video->video", "audio->audio", "video->audio", "audio->video")
+# Linear SVM costs swept by cross-validation on the training side (supplement E.1)
+COSTS: tuple[float, ...] = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 1.0)
+FEATURE_MODES = ("online", "cached")
 
 
 @dataclass
@@ -39,68 +47,166 @@ class PassConfig:
 
 
 @dataclass
+class SVMConfig(cfglib.Strict):
+    """Linear SVM (evaluate/linear.py): cost chosen by grouped CV on the training side."""
+
+    SECTION = "svm."
+
+    costs: list[float] = field(default_factory=lambda: list(COSTS))
+    cv_folds: int = 5  # reduced to the number of groups when there are fewer
+    # The paper feeds the pooled features as they are. Standardising them is available, but makes
+    # the weakly regularised fits (C = 1) converge far more slowly (16-60x on ESC-10).
+    standardize: bool = False  # StandardScaler fitted on the training clips of each fit
+    dual: Any = False  # liblinear primal (False): fast for as many clips as feature dims or more; True | "auto"
+    max_iter: int = 2000
+    n_jobs: int = -1  # joblib workers for the (cost, fold) grid; -1 = all cores
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.costs = tuple(float(c) for c in self.costs)  # type: ignore[assignment]
+        if list(self.costs) != sorted(self.costs) or not self.costs or min(self.costs) <= 0:
+            raise ValueError(f"svm.costs must be a non-empty increasing list of positive costs, got {list(self.costs)}")
+        if self.dual not in (True, False, "auto"):
+            raise ValueError(f"svm.dual must be true, false or auto, got {self.dual!r}")
+        if self.cv_folds < 2 or self.max_iter < 1:
+            raise ValueError("svm.cv_folds must be >= 2 and svm.max_iter >= 1")
+
+
+@dataclass
+class FCConfig(cfglib.Strict):
+    """Linear FC classifier (evaluate/fc.py)."""
+
+    SECTION = "fc."
+
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    milestones: list[int] = field(default_factory=lambda: [20, 25])
+    gamma: float = 0.1
+    seed: int = 0
+    features: str = "online"  # online: fresh clips per epoch through the frozen backbone; cached: one pass
+
+    def __post_init__(self) -> None:
+        if self.features not in FEATURE_MODES:
+            raise ValueError(f"fc.features must be one of {FEATURE_MODES}, got {self.features!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("fc.epochs and fc.batch_size must be >= 1")
+
+
+@dataclass
+class FinetuneConfig(cfglib.Strict):
+    """Full finetuning (evaluate/finetune.py). Defaults: Table S11, UCF101 8x224^2."""
+
+    SECTION = "finetune."
+
+    epochs: int = 20
+    batch_size: int = 64  # clips per optimizer step, over all ranks
+    lr: float = 0.0005
+    milestones: list[int] = field(default_factory=lambda: [6, 10, 14])
+    gamma: float = 0.3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    dropout: float = 0.0
+    clips_per_sample: int = 10  # passes per epoch, one random clip per training video each
+    shuffle_buffer: int = 256  # samples each rank's reader mixes (seeded per epoch and pass), as in pretraining
+    sync_bn: bool = True  # several GPUs: batch-norm statistics over the global batch (GPU-only in PyTorch)
+    eval_every_epoch: bool = False  # per-epoch test accuracy, comparison only
+    max_epochs_this_run: Optional[int] = None  # stop this invocation early (time-sliced jobs); resume later
+    keep_checkpoints: int = 2
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.clips_per_sample < 1 or not 1 <= self.shuffle_buffer < 2**31:
+            raise ValueError("finetune.batch_size, finetune.clips_per_sample must be >= 1 and "
+                             "finetune.shuffle_buffer in [1, 2^31)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"finetune.dropout must lie in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class RetrievalConfig:
+    directions: list[str] = field(default_factory=lambda: list(RETRIEVAL_DIRECTIONS))
+    ks: list[int] = field(default_factory=lambda: [1, 5, 20])
+
+    def __post_init__(self) -> None:
+        if not all(k >= 1 for k in self.ks):
+            raise ValueError(f"retrieval.ks must be a list of positive integers, got {list(self.ks)!r}")
+        bad = set(self.directions) - set(RETRIEVAL_DIRECTIONS)
+        if bad:
+            raise ValueError(f"unknown retrieval directions {sorted(bad)}; known: {RETRIEVAL_DIRECTIONS}")
+
+
+@dataclass
+class EvalLoaderConfig:
+    """Evaluation loader options. The front end left unset (null) is the encoder's own, from its
+    backbones.json "input" (what it was trained on), else the data defaults."""
+
+    frame_stride: Optional[int] = None
+    fps: Optional[float] = None
+    sample_rate: Optional[int] = None
+    n_mels: Optional[int] = None
+    n_fft: Optional[int] = None
+    hop: Optional[int] = None
+    logmel_mean: Optional[float] = None
+    logmel_std: Optional[float] = None
+    num_threads: int = 2  # DALI threads
+
+    def __post_init__(self) -> None:
+        for key in ("frame_stride", "n_mels", "n_fft", "hop", "sample_rate", "num_threads"):
+            value = getattr(self, key)
+            if value is not None and not 1 <= value <= 1 << 20:
+                raise ValueError(f"loader.{key} must be a number in [1, {1 << 20}], got {value!r}")
+
+    def kwargs(self) -> dict[str, Any]:
+        """The options set, as build_eval_loader keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+@dataclass
 class EvalConfig:
     dataset: str = ""  # name used in results rows; default: the dataset the shards hold (evaluate.report.dataset_from_shards)
     pretrain: str = ""  # report column; default: "random" for --checkpoint random, else the checkpoint's name
     modality: str = "audio"  # linear: which encoder's features (fusion uses both)
     # The input. None (unset): the encoder's own, from its backbones.json "input" (what it was
-    # trained on), else the data defaults 8 / 112 / 2.0; a preset or --set gives the protocol's.
-    frames: int | None = None
-    crop: int | None = None
-    audio_seconds: float | None = None
+    # trained on), else the data defaults 8 / 112 / 2.0; a preset or an override gives the protocol's.
+    frames: Optional[int] = None
+    crop: Optional[int] = None
+    audio_seconds: Optional[float] = None
     batch_size: int = 8
     feature_chunk: int = 64  # clips per forward pass
     train_pass: PassConfig = field(default_factory=lambda: PassConfig(10, "random", "linear"))
     test_pass: PassConfig = field(default_factory=lambda: PassConfig(10, "uniform", "none"))
     splits: str = "auto"  # folds: leave-one-fold-out over manifest folds; split: manifest split train/test
-    folds: list[int] | None = None  # evaluate only these test folds (None = all)
+    folds: Optional[list[int]] = None  # evaluate only these test folds (None = all)
     classifier: str = "svm"
-    svm: dict[str, Any] = field(default_factory=dict)  # crisscross.evaluate.linear.SVMConfig
-    fc: dict[str, Any] = field(default_factory=dict)  # crisscross.evaluate.fc.FCConfig
-    retrieval: dict[str, Any] = field(default_factory=lambda: {"directions": list(RETRIEVAL_DIRECTIONS), "ks": [1, 5, 20]})
-    finetune: dict[str, Any] = field(default_factory=dict)  # crisscross.evaluate.finetune.FinetuneConfig
+    svm: SVMConfig = field(default_factory=SVMConfig)
+    fc: FCConfig = field(default_factory=FCConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     plots: bool = True
     model: Any = None  # architecture for --checkpoint random: "tiny", or ModelConfig keys
-    # extra build_eval_loader keyword arguments; the front end (FRONT_END_KEYS) left out here is
-    # filled from the encoder's backbones.json "input" when the run opens
-    loader: dict[str, Any] = field(default_factory=dict)
+    loader: EvalLoaderConfig = field(default_factory=EvalLoaderConfig)
     device: str = "auto"  # auto: CUDA when present, else the CPU (crisscross.train.distributed.resolve_device)
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("train_pass", "test_pass"):
-            value = getattr(self, name)
-            if isinstance(value, dict):
-                unknown = sorted(set(value) - {f.name for f in fields(PassConfig)})
-                if unknown:
-                    raise ValueError(f"unknown {name} keys {unknown}; known: {[f.name for f in fields(PassConfig)]}")
-                setattr(self, name, PassConfig(**value))
+        cfglib.coerce_sections(self)
         if self.modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
         if self.splits not in SPLIT_MODES:
             raise ValueError(f"splits must be one of {SPLIT_MODES}, got {self.splits!r}")
         if self.classifier not in CLASSIFIERS:
             raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {self.classifier!r}")
-        unknown = sorted(set(self.retrieval) - {"directions", "ks"})
-        if unknown:  # e.g. retrieval.k=[1] for ks: refused instead of silently using the default ks
-            raise ValueError(f"unknown retrieval keys {unknown}; known: ['directions', 'ks']")
-        ks = self.retrieval.get("ks", [])
-        if not isinstance(ks, list) or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks):
-            raise ValueError(f"retrieval.ks must be a list of positive integers, got {ks!r}")
-        bad = set(self.retrieval.get("directions", [])) - set(RETRIEVAL_DIRECTIONS)
-        if bad:
-            raise ValueError(f"unknown retrieval directions {sorted(bad)}; known: {RETRIEVAL_DIRECTIONS}")
+        if self.batch_size < 1 or self.feature_chunk < 1:
+            raise ValueError("batch_size and feature_chunk must be >= 1")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "EvalConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown eval config keys {unknown}; known: {sorted(known)}")
-        return cls(**copy.deepcopy(values))
+        return cfglib.from_dict(cls, copy.deepcopy(values))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return cfglib.to_dict(self)
 
     def resolve_input(self, input_spec: dict[str, dict[str, Any]] | None, *, source: str = "") -> list[str]:
         """Fill the input the config leaves open from the encoder's training input (in place).
@@ -122,7 +228,8 @@ class EvalConfig:
             if getattr(self, key) is None:
                 setattr(self, key, flat[key])
         for key in FRONT_END_KEYS:
-            self.loader.setdefault(key, flat[key])
+            if getattr(self.loader, key) is None:
+                setattr(self.loader, key, flat[key])
         return warnings
 
     def input_label(self, modality: str) -> str:
@@ -132,53 +239,9 @@ class EvalConfig:
 
 
 def preset_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("crisscross.evaluate").joinpath("presets").iterdir()
-                  if p.name.endswith(".yaml"))
+    return cfglib.preset_names(PRESET_DIR)
 
 
-def _read_yaml(name_or_path: str) -> dict[str, Any]:
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.is_file():  # a folder named like a preset is not a config
-        text = path.read_text(encoding="utf-8")
-    else:
-        preset = resources.files("crisscross.evaluate").joinpath("presets", f"{name_or_path}.yaml")
-        if not preset.is_file():
-            raise FileNotFoundError(f"no eval preset {name_or_path!r}; presets: {preset_names()} (or give a .yaml path)")
-        text = preset.read_text(encoding="utf-8")
-    data = yaml.safe_load(text) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{name_or_path}: an eval config must be a YAML mapping")
-    return data
-
-
-def apply_override(values: dict[str, Any], assignment: str) -> None:
-    """``a.b=value`` sets values["a"]["b"] to the YAML-parsed value."""
-    if "=" not in assignment:
-        raise ValueError(f"override {assignment!r} is not key=value")
-    dotted, raw = assignment.split("=", 1)
-    *parents, leaf = dotted.strip().split(".")
-    node = values
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"override {assignment!r}: {part!r} is not a mapping")
-    node[leaf] = yaml.safe_load(raw)
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Nested mappings merge key by key (so a preset can set one field of ``train_pass``)."""
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("model", "loader"):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def load_config(config: str | None = None, overrides: list[str] | None = None) -> EvalConfig:
-    """The defaults, then a preset name or YAML path, then the overrides in order."""
-    values = _merge(EvalConfig().to_dict(), _read_yaml(config) if config else {})
-    for assignment in overrides or []:
-        apply_override(values, assignment)
-    return EvalConfig.from_dict(values)
+def load_config(config: str | Path | dict[str, Any] | None = None, overrides: list[str] | None = None) -> EvalConfig:
+    """The defaults, then a preset name or YAML path (with its ``base:`` chain), then the overrides in order."""
+    return cfglib.resolve(EvalConfig, config, overrides or [], preset_dir=PRESET_DIR)

@@ -25,35 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from crisscross.evaluate.config import FEATURE_MODES, FCConfig  # noqa: F401 (re-exported: the fc section)
 from crisscross.evaluate.linear import FeatureSet
-
-FEATURE_MODES = ("online", "cached")
-
-
-@dataclass
-class FCConfig:
-    epochs: int = 30
-    batch_size: int = 256
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    milestones: list[int] = field(default_factory=lambda: [20, 25])
-    gamma: float = 0.1
-    seed: int = 0
-    features: str = "online"  # online: fresh clips per epoch through the frozen backbone; cached: one pass
-
-    def __post_init__(self) -> None:
-        if self.features not in FEATURE_MODES:
-            raise ValueError(f"fc.features must be one of {FEATURE_MODES}, got {self.features!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("fc.epochs and fc.batch_size must be >= 1")
-
-    @classmethod
-    def from_dict(cls, cfg: dict) -> FCConfig:
-        unknown = set(cfg) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown fc options: {sorted(unknown)}")
-        return cls(**cfg)
 
 
 @dataclass

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crisscross.evaluate.config import EvalConfig
+from crisscross.evaluate.config import EvalConfig, FinetuneConfig  # noqa: F401 (re-exported)
 from crisscross.evaluate.pipeline import (
     Partition,
     RunContext,
@@ -45,33 +45,6 @@ from crisscross.evaluate.pipeline import (
 )
 from crisscross.evaluate.report import COMPARISON_ONLY, ResultRow
 from crisscross.train.distributed import DistEnv, all_ranks_all, gather_objects, setup_distributed, shutdown, wrap_ddp
-
-
-@dataclass
-class FinetuneConfig:
-    """Defaults: Table S11, UCF101 8x224^2."""
-
-    epochs: int = 20
-    batch_size: int = 64  # clips per optimizer step, over all ranks
-    lr: float = 0.0005
-    milestones: list[int] = field(default_factory=lambda: [6, 10, 14])
-    gamma: float = 0.3
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    dropout: float = 0.0
-    clips_per_sample: int = 10  # passes per epoch, one random clip per training video each
-    shuffle_buffer: int = 256  # samples each rank's reader mixes (seeded per epoch and pass), as in pretraining
-    sync_bn: bool = True  # several GPUs: batch-norm statistics over the global batch (GPU-only in PyTorch)
-    eval_every_epoch: bool = False  # per-epoch test accuracy, comparison only
-    max_epochs_this_run: int | None = None  # stop this invocation early (time-sliced jobs); resume later
-    keep_checkpoints: int = 2
-
-    @classmethod
-    def from_dict(cls, cfg: dict[str, Any]) -> FinetuneConfig:
-        unknown = set(cfg) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown finetune options: {sorted(unknown)}")
-        return cls(**cfg)
 
 
 class FinetuneModel(nn.Module):
@@ -105,7 +78,7 @@ def _loader(ctx: RunContext, env: DistEnv, clips: int, sampling: str, augment: s
         str(ctx.data_dir), clips_per_sample=clips, sampling=sampling, frames=cfg.frames, crop=cfg.crop,
         audio_seconds=cfg.audio_seconds, augment=augment, modalities=("video",), batch_size=cfg.batch_size,
         device=str(env.device), seed=seed, rank=env.rank, world_size=env.world_size, shuffle=shuffle,
-        shuffle_buffer=shuffle_buffer, **cfg.loader,
+        shuffle_buffer=shuffle_buffer, **cfg.loader.kwargs(),
     )
 
 
@@ -357,7 +330,7 @@ def run_finetune(checkpoint: str, data_dir: Path, cfg: EvalConfig, out_dir: Path
 
 
 def _run(checkpoint: str, data_dir: Path, cfg: EvalConfig, out_dir: Path, env: DistEnv) -> Path:
-    ft = FinetuneConfig.from_dict(cfg.finetune)
+    ft = cfg.finetune
     if ft.batch_size % env.world_size:
         raise ValueError(f"finetune.batch_size {ft.batch_size} is not divisible by the world size {env.world_size}")
     started = time.perf_counter()

@@ -29,9 +29,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
+from crisscross.evaluate.config import COSTS, SVMConfig  # noqa: F401 (re-exported: the svm section)
+
 # The paper's sweep (appendix E.1), in increasing order (ties in CV accuracy go to the smaller,
 # i.e. more strongly regularised, cost).
-COSTS: tuple[float, ...] = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 1.0)
 
 
 @dataclass
@@ -69,30 +70,6 @@ class FeatureSet:
             labels=self.labels[rows],
             groups=None if self.groups is None else self.groups[rows],
         )
-
-
-@dataclass
-class SVMConfig:
-    costs: tuple[float, ...] = COSTS
-    cv_folds: int = 5  # reduced to the number of groups when there are fewer
-    # The paper feeds the pooled features as they are. Standardising them is available, but makes
-    # the weakly regularised fits (C = 1) converge far more slowly (16-60x on ESC-10).
-    standardize: bool = False  # StandardScaler fitted on the training clips of each fit
-    dual: bool | str = False  # liblinear primal: fast for as many clips as feature dims or more
-    max_iter: int = 2000
-    n_jobs: int = -1  # joblib workers for the (cost, fold) grid; -1 = all cores
-    seed: int = 0
-
-    @classmethod
-    def from_dict(cls, cfg: dict) -> "SVMConfig":
-        unknown = set(cfg) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown svm options: {sorted(unknown)}")
-        out = cls(**cfg)
-        out.costs = tuple(float(c) for c in out.costs)
-        if list(out.costs) != sorted(out.costs) or not out.costs:
-            raise ValueError(f"svm costs must be a non-empty increasing list, got {out.costs}")
-        return out
 
 
 @dataclass

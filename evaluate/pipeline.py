@@ -34,7 +34,7 @@ from crisscross.evaluate.features import (
     load_encoders,
     read_manifest,
 )
-from crisscross.evaluate.linear import FeatureSet, SVMConfig, linear_svm
+from crisscross.evaluate.linear import FeatureSet, linear_svm
 from crisscross.evaluate.report import COMPARISON_ONLY, ResultRow, atomic_write_text, write_results
 from crisscross.evaluate.retrieval import CROSS_MODAL_KS, recall_at_k, sample_means
 
@@ -124,7 +124,7 @@ def extract_pass(encoders: Encoders, data_dir: Path, cfg: EvalConfig, pass_cfg: 
         batch_size=cfg.batch_size,
         device=cfg.device,
         seed=cfg.seed if seed is None else seed,
-        **cfg.loader,
+        **cfg.loader.kwargs(),
     )
     return extract_features(encoders, loader, heads, chunk=cfg.feature_chunk, thumbnails=thumbnails)
 
@@ -226,7 +226,7 @@ def classify_rows(ctx: RunContext, train_clips: ClipFeatures | EpochClips, test_
     for part in parts if cfg.classifier == "svm" else []:
         train = feature_set(train_clips, head, part.train_keys, ctx.manifest, labels)
         test = feature_set(test_clips, head, part.test_keys, ctx.manifest, labels)
-        res = linear_svm(train, test, SVMConfig.from_dict(cfg.svm), num_classes=len(classes))
+        res = linear_svm(train, test, cfg.svm, num_classes=len(classes))
         protocol = f"LinearSVC one-vs-rest, C by {res.cv_folds}-fold grouped CV on train"
         extra = {"cost": res.cost, "cv_accuracy": {str(c): a for c, a in res.cv_accuracy.items()},
                  "unconverged_fits": res.unconverged_fits, "train_samples": len(train.keys),
@@ -252,9 +252,9 @@ def _fc_rows(ctx: RunContext, train_clips: ClipFeatures | EpochClips, test_clips
              common: dict[str, Any]) -> tuple[list[ResultRow], list[float]]:
     """Linear FC per partition. ``train_clips`` is one cached pass, or (online) a function giving
     each epoch's fresh pass; every partition's layer takes its rows from the same epoch pass."""
-    from crisscross.evaluate.fc import FCConfig, FCTrainer
+    from crisscross.evaluate.fc import FCTrainer
 
-    fc_cfg = FCConfig.from_dict(ctx.cfg.fc)
+    fc_cfg = ctx.cfg.fc
     online = callable(train_clips)
     trainers: dict[str, FCTrainer] = {}
     for epoch in range(fc_cfg.epochs):
@@ -288,9 +288,7 @@ def train_features(ctx: RunContext, heads: dict[str, tuple[str, Pool]],
     def epoch_pass(epoch: int) -> ClipFeatures:
         return combine(extract_pass(ctx.encoders, ctx.data_dir, cfg, cfg.train_pass, heads, seed=cfg.seed + epoch))
 
-    from crisscross.evaluate.fc import FCConfig
-
-    if cfg.classifier == "fc" and FCConfig.from_dict(cfg.fc).features == "online":
+    if cfg.classifier == "fc" and cfg.fc.features == "online":
         return epoch_pass
     return epoch_pass(0)
 
@@ -318,8 +316,8 @@ def run_retrieval(checkpoint: str, data_dir: Path, cfg: EvalConfig, out_dir: Pat
     """Nearest-neighbour retrieval on sample features (mean of the test-pass clips; appendix E.3)."""
     started = time.perf_counter()
     ctx = open_run(checkpoint, data_dir, cfg)
-    directions = list(cfg.retrieval.get("directions", []))
-    ks = tuple(int(k) for k in cfg.retrieval.get("ks", (1, 5, 20)))
+    directions = list(cfg.retrieval.directions)
+    ks = tuple(int(k) for k in cfg.retrieval.ks)
     needed = {m for d in directions for m in d.split("->")}
     heads = {m: (m, POOLINGS["global"][m]) for m in ("video", "audio") if m in needed}
     clips = extract_pass(ctx.encoders, ctx.data_dir, cfg, cfg.test_pass, heads, thumbnails=cfg.plots)

@@ -19,6 +19,7 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,34 +226,36 @@ def _write_parquet(path: Path, rows: list[dict], schema) -> None:
 
 # ---------------------------------------------------------------- entry point
 
-def build_shards(input: str | Path, out_dir: str | Path, *, name: str | None = None, fps: int = fmt.DEFAULT_FPS,
-                 short_side: int = fmt.DEFAULT_SHORT_SIDE, sample_rate: int = fmt.DEFAULT_SAMPLE_RATE,
-                 clip_seconds: float | None = None, shard_size_bytes: int = 1_000_000_000, workers: int = 1,
-                 seed: int = 0, audio_format: str = "pcm", engine: str = "local", num_tasks: int = 1,
-                 task_index: int = 0, address: str | None = None, progress: bool = True,
-                 isolate: bool = False, **config) -> BuildStats:
+def build_shards(input: str | Path, out_dir: str | Path, *, preset: str | Path | None = "default",
+                 overrides: Sequence[str] = (), num_tasks: int = 1, task_index: int = 0, progress: bool = True,
+                 **options) -> BuildStats:
     """Build (or resume) a shard dataset from ``input`` into ``out_dir``; see the module doc.
 
+    The build options (``preprocess.presets.BuildPreset``: BuildConfig fields + engine) resolve as
+    ``crisscross shards build`` resolves them: the ``preset`` (a name or YAML path; ``None``: the
+    built-in defaults), then ``options`` given as keyword arguments (``fps=25``), then ``key=value``
+    ``overrides``; a typo, a bad type or value is refused before any source is opened.
     ``engine``: ``local`` (process pool of ``workers``), ``ray`` (``address`` of a cluster, or a
     local instance). With ``num_tasks > 1`` only shards ``j % num_tasks == task_index`` are built
     and the dataset files are left to ``merge(out_dir)``.
     """
     from crisscross.preprocess import engines
+    from crisscross.preprocess.presets import resolve_preset
 
     t_start = time.monotonic()
     out_dir = Path(out_dir)
-    cfg = BuildConfig(name=name or "data", fps=fps, short_side=short_side, sample_rate=sample_rate,
-                      clip_seconds=clip_seconds, shard_size_bytes=shard_size_bytes, seed=seed,
-                      audio_format=audio_format, **config)
-    cfg.validate()
+    if options.get("name") is None:
+        options.pop("name", None)
+    resolved = resolve_preset(preset, overrides, options)
+    cfg = resolved.build_config()
+    engine_options = resolved.engine_options()
     plan = load_or_make_plan(input, out_dir, cfg)
     if len(plan["labels"]) == 1:
         print(f"crisscross shards build: warning: every source has the same label {plan['labels'][0]!r}; "
               "is --format right for this input?", file=sys.stderr)
     mine = [j for j in range(len(plan["shards"])) if j % num_tasks == task_index]
     todo = [j for j in mine if not shard_is_complete(out_dir, cfg, j)]
-    engines.run_shards(out_dir, plan, todo, engine=engine, workers=workers, address=address, progress=progress,
-                       isolate=isolate)
+    engines.run_shards(out_dir, plan, todo, progress=progress, **engine_options)
     if num_tasks > 1:  # a job-array task: its own shards' figures; `merge` writes the dataset files
         stats = _stats_of(out_dir, [json.loads(part_path(out_dir, j).read_text()) for j in mine])
     else:

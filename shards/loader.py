@@ -26,6 +26,7 @@ import torch
 from nvidia.dali.backend import TensorCPU
 from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 
+from crisscross.config import Strict
 from crisscross.errors import UserError
 from crisscross.shards.augment import AudioAugment, AugmentConfig, LogMel, RecordedDraws, VideoAugment
 from crisscross.shards.mjpeg_frames import FrameTables, Mp4Error, jpeg_frames
@@ -54,10 +55,12 @@ class ShardError(UserError, RuntimeError):
 
 
 @dataclass(frozen=True)
-class LoaderConfig:
-    """The ``data`` section of a training config. Unknown keys are an error."""
+class LoaderConfig(Strict):
+    """The ``data`` section of a training config (typed and checked by ``crisscross.config``)."""
 
-    shards: str = ""  # dataset directory (holds {name}-000000.tar [+ .idx], manifest.parquet)
+    SECTION = "data."
+
+    shards: str = ""  # dataset directory (holds {name}-000000.tar [+ .idx], manifest.parquet); required to train
     relaxation: str = "mild"  # none|mild|medium|extreme|extreme_official|mixed
     extreme_gap: float = 3.0  # seconds between views in extreme_official
     # paper: both modalities of a view start together (section 3.2); official: the official code's
@@ -81,29 +84,30 @@ class LoaderConfig:
     prefetch: int = 2
     missing_components: str = "skip"  # skip: samples lacking video or audio are dropped; or error
 
-    @classmethod
-    def from_dict(cls, data_cfg: dict[str, Any] | None) -> "LoaderConfig":
-        values = dict(data_cfg or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"data config: unknown keys {unknown}; known: {sorted(known)}")
-        if not values.get("shards"):
-            raise ValueError("data config: 'shards' (the dataset directory) is required")
-        values["augment"] = AugmentConfig.from_dict(values.get("augment"))
-        config = cls(**values)
-        config.validate()
-        return config
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         if self.relaxation not in RELAXATION_MODES:
-            raise ValueError(f"relaxation must be one of {RELAXATION_MODES}, not {self.relaxation!r}")
+            raise ValueError(f"data.relaxation must be one of {RELAXATION_MODES}, not {self.relaxation!r}")
         if self.view_alignment not in VIEW_ALIGNMENTS:
-            raise ValueError(f"view_alignment must be one of {VIEW_ALIGNMENTS}, not {self.view_alignment!r}")
+            raise ValueError(f"data.view_alignment must be one of {VIEW_ALIGNMENTS}, not {self.view_alignment!r}")
         if self.missing_components not in ("skip", "error"):
-            raise ValueError("missing_components must be 'skip' or 'error'")
+            raise ValueError("data.missing_components must be 'skip' or 'error'")
         if self.frames < 1 or self.crop < 1 or self.audio_seconds * self.sample_rate < self.hop:
-            raise ValueError("frames, crop and audio_seconds must be positive (audio at least one hop)")
+            raise ValueError("data.frames, data.crop and data.audio_seconds must be positive (audio at least one hop)")
+        # DALI takes int32 arguments: a 2^31 shuffle buffer would crash it without a message
+        for key, (low, high) in {"shuffle_buffer": (1, 2**31 - 1), "prefetch": (0, 1024), "num_threads": (1, 4096),
+                                 "frame_stride": (1, 4096), "n_mels": (1, 4096), "n_fft": (1, 1 << 20),
+                                 "hop": (1, 1 << 20)}.items():
+            value = getattr(self, key)
+            if not low <= value <= high:
+                raise ValueError(f"data.{key} must be a number in [{low}, {high}], got {value!r}")
+
+    def require_shards(self) -> "LoaderConfig":
+        if not self.shards:
+            raise ValueError("data config: 'shards' (the dataset directory) is required")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -431,7 +435,7 @@ def build_train_loader(
     seed: int = 0,
 ) -> TrainLoader:
     """Training loader for one rank (``rank``/``world_size`` from torch.distributed); see module doc."""
-    return TrainLoader(LoaderConfig.from_dict(data_cfg), batch_size=batch_size, rank=rank, world_size=world_size, device=device, seed=seed)
+    return TrainLoader(LoaderConfig.from_dict(data_cfg).require_shards(), batch_size=batch_size, rank=rank, world_size=world_size, device=device, seed=seed)
 
 
 # ----------------------------------------------------------------------------- evaluation

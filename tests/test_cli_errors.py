@@ -71,7 +71,7 @@ def test_pretrain_bad_value_is_refused_with_and_without_print_config(tmp_path, p
 
 def test_pretrain_typo_inside_data_is_refused_by_print_config(tmp_path):
     proc = crisscross("pretrain", "--config", "demo", "data.frame=4", "--print-config", cwd=tmp_path)
-    assert_one_line_error(proc, "pretrain", "'frame'")
+    assert_one_line_error(proc, "pretrain", "'data.frame'")
 
 
 def test_pretrain_missing_shards(tmp_path):
@@ -95,13 +95,13 @@ def test_eval_unknown_preset(tmp_path):
 def test_eval_retrieval_key_typo_is_refused(tmp_path):
     proc = crisscross("eval", "retrieval", "--checkpoint", "random", "--data", str(tmp_path), "--config", "retrieval",
                       "--set", "retrieval.k=[1]", cwd=tmp_path)
-    assert_one_line_error(proc, "eval retrieval", "'k'", "ks")
+    assert_one_line_error(proc, "eval retrieval", "'retrieval.k'", "ks")
 
 
 def test_eval_unknown_pass_key_is_refused(tmp_path):
     proc = crisscross("eval", "linear", "--checkpoint", "random", "--data", str(tmp_path),
                       "--set", "train_pass.clips=3", cwd=tmp_path)
-    assert_one_line_error(proc, "eval linear", "'clips'", "clips_per_sample")
+    assert_one_line_error(proc, "eval linear", "'train_pass.clips'", "clips_per_sample")
 
 
 def test_eval_report_without_results(tmp_path):

@@ -3,11 +3,12 @@
 For each command in a fenced shell block (continuation lines joined, `torchrun ... -m
 crisscross.tools.cli` forms included):
 
-* ``pretrain --config P key=value ...``: P is a training preset (or a YAML path) and the resolved
-  config accepts every override (the ``data`` keys by the loader's own config);
-* ``eval <evaluator> --config P --set key=value ...``: P is an eval preset and every key exists
-  (nested sections by their own configs: fc, svm, finetune, loader);
-* ``shards build --preset P``: P is a preprocessing preset;
+* ``pretrain --config P key=value ...``: P is a training preset (or a YAML path), every override
+  key exists in ``TrainConfig`` and the resolved config accepts the concrete ones;
+* ``eval <evaluator> --config P key=value ...`` (or ``--set key=value``): P is an eval preset and
+  every key exists in ``EvalConfig`` (its typed sections included);
+* ``shards build --preset P key=value ...``: P is a preprocessing preset and every key exists in
+  ``BuildPreset``;
 * in docs/reproducing.md, every dataset a command reads (``--data``, ``data.shards=``) is built
   by a ``shards build --out`` earlier on the page.
 
@@ -115,19 +116,61 @@ def _is_path(value: str) -> bool:
     return value.endswith((".yaml", ".yml")) or "/" in value
 
 
-def _fields(cls: type) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)}
+def overrides(words: list[str]) -> list[str]:
+    """The ``key=value`` overrides of a command: positional words and ``--set`` values (the same)."""
+    found, skip = [], False
+    for i, word in enumerate(words):
+        if skip:
+            skip = False
+            continue
+        if word == "--set":
+            found.extend(words[i + 1:i + 2])
+            skip = True
+        elif word.startswith("--set="):
+            found.append(word.split("=", 1)[1])
+        elif word.startswith("-"):
+            skip = "=" not in word and i + 1 < len(words) and not words[i + 1].startswith("-") \
+                and "=" not in words[i + 1]
+        elif "=" in word:
+            found.append(word)
+    return found
 
 
-def _loader_keys() -> set[str]:
-    from crisscross.shards.loader import LoaderConfig
+def key_exists(schema: type, dotted: str) -> bool:
+    """``dotted`` names a field of the (nested) dataclass ``schema``; under a field typed ``Any``
+    (e.g. the eval ``model``) any key is accepted."""
+    import typing
 
-    return _fields(LoaderConfig)
+    node: Any = schema
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(node):
+            return node is Any
+        if part not in {f.name for f in dataclasses.fields(node)}:
+            return False
+        node = typing.get_type_hints(node)[part]
+    return True
+
+
+def check_overrides(schema: type, resolve, preset: str | None, words: list[str]) -> list[str]:
+    """Every override key exists (placeholder values too); the concrete ones resolve."""
+    errors, concrete = [], []
+    for item in overrides(words):
+        key, value = item.split("=", 1)
+        if not key_exists(schema, key.strip()):
+            errors.append(f"unknown config key {key!r}")
+        elif not is_placeholder(value):
+            concrete.append(item)
+    if errors:
+        return errors
+    try:
+        resolve(preset, concrete)
+    except (ValueError, FileNotFoundError, TypeError) as exc:
+        return [f"{preset} {' '.join(concrete)}: {exc}"]
+    return []
 
 
 def check_pretrain(words: list[str]) -> list[str]:
-    from crisscross.shards.loader import LoaderConfig
-    from crisscross.train.config import resolve_config
+    from crisscross.train.config import TrainConfig, load_train_config
 
     configs = option(words, "--config")
     if not configs or is_placeholder(configs[0]) or _is_path(configs[0]):
@@ -135,50 +178,7 @@ def check_pretrain(words: list[str]) -> list[str]:
     config = configs[0]
     if config not in _train_presets():
         return [f"no training preset {config!r} (presets: {list(_train_presets())})"]
-    overrides = [w for w in words if "=" in w and not w.startswith("-")]
-    errors = []
-    concrete = []
-    for item in overrides:
-        key, value = item.split("=", 1)
-        if is_placeholder(value):
-            if not _train_key_exists(config, key):
-                errors.append(f"unknown config key {key!r}")
-            continue
-        concrete.append(item)
-    try:
-        cfg = resolve_config(config, concrete)
-        data = dict(cfg.get("data") or {})
-        data["shards"] = data.get("shards") or "placeholder"
-        LoaderConfig.from_dict(data)
-    except (ValueError, FileNotFoundError, TypeError) as exc:
-        errors.append(f"{config} {' '.join(concrete)}: {exc}")
-    return errors
-
-
-def _train_key_exists(config: str, key: str) -> bool:
-    from crisscross.train.config import resolve_config
-
-    section, *rest = key.split(".")
-    if section == "data":
-        return bool(rest) and rest[0] in _loader_keys()
-    node: Any = resolve_config(config)
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
-
-
-def _eval_sections() -> dict[str, set[str]]:
-    from crisscross.evaluate.fc import FCConfig
-    from crisscross.evaluate.finetune import FinetuneConfig
-    from crisscross.evaluate.linear import SVMConfig
-    from crisscross.shards.loader import build_eval_loader
-
-    loader = set(inspect.signature(build_eval_loader).parameters) - {"shards_dir"}
-    return {"fc": _fields(FCConfig), "svm": _fields(SVMConfig), "finetune": _fields(FinetuneConfig),
-            "loader": loader, "train_pass": {"clips_per_sample", "sampling", "augment"},
-            "test_pass": {"clips_per_sample", "sampling", "augment"}, "retrieval": {"directions", "ks"}}
+    return check_overrides(TrainConfig, load_train_config, config, words)
 
 
 def check_eval(words: list[str]) -> list[str]:
@@ -187,43 +187,22 @@ def check_eval(words: list[str]) -> list[str]:
     if words[1:2] == ["report"]:
         return []
     configs = option(words, "--config")
-    errors = []
     config = configs[0] if configs else None
     if config and not is_placeholder(config) and not _is_path(config) and config not in _eval_presets():
         return [f"no eval preset {config!r} (presets: {list(_eval_presets())})"]
     if config and (is_placeholder(config) or _is_path(config)):
         config = None
-    sections = _eval_sections()
-    concrete = []
-    for item in option(words, "--set"):
-        key, value = item.split("=", 1)
-        top, *rest = key.split(".")
-        if top not in _fields(EvalConfig):
-            errors.append(f"unknown eval config key {key!r}")
-        elif rest and top in sections and rest[0] not in sections[top]:
-            errors.append(f"unknown eval config key {key!r} (known under {top}: {sorted(sections[top])})")
-        elif not is_placeholder(value):
-            concrete.append(item)
-    if errors:
-        return errors
-    try:
-        cfg = load_config(config, concrete)
-    except (ValueError, FileNotFoundError, TypeError) as exc:
-        return [f"{config} {concrete}: {exc}"]
-    from crisscross.evaluate.fc import FCConfig
-    from crisscross.evaluate.linear import SVMConfig
-
-    for section, cls in (("fc", FCConfig), ("svm", SVMConfig)):
-        try:
-            cls.from_dict(getattr(cfg, section))
-        except (ValueError, TypeError) as exc:
-            errors.append(f"{config}: {section}: {exc}")
-    return errors
+    return check_overrides(EvalConfig, load_config, config, words)
 
 
 def check_shards(words: list[str]) -> list[str]:
+    from crisscross.preprocess.presets import BuildPreset, resolve_preset
+
+    if words[1:2] != ["build"]:
+        return []
     presets = [p for p in option(words, "--preset") if not is_placeholder(p) and not _is_path(p)]
-    return [f"no preprocessing preset {p!r}" for p in presets if p not in _preprocess_presets()]
+    unknown = [f"no preprocessing preset {p!r}" for p in presets if p not in _preprocess_presets()]
+    return unknown or check_overrides(BuildPreset, resolve_preset, presets[0] if presets else "default", words[2:])
 
 
 def check_command(words: list[str]) -> list[str]:
@@ -298,12 +277,14 @@ crisscross eval linear --checkpoint runs/a/export --data /shards/x --config ucf1
 crisscross eval linear --checkpoint runs/a/export --data /shards/x --config ucf101_32f --set fc.features=sometimes
 for s in 1 2; do crisscross eval linear --checkpoint $CKPT --data /shards/x$s --config dcase; done
 crisscross shards build /data/x --preset no_such --out /shards/z
+crisscross shards build /data/x --out /shards/z short_sde=128
+crisscross eval linear --checkpoint runs/a/export --data /shards/x --config demo svm.cost=[1]
 ```
 """
     found = commands(page)
-    assert len(found) == 9
+    assert len(found) == 11
     errors = [check_command(w) for w in found]
-    assert [bool(e) for e in errors] == [False, False, True, True, True, True, True, False, True]
-    assert "learning_rate" in errors[3][0] and "no_such_key" in errors[3][0]
+    assert [bool(e) for e in errors] == [False, False, True, True, True, True, True, False, True, True, True]
+    assert "learning_rate" in errors[3][0] and "no_such_key" in errors[3][1]
     built_errors = check_datasets_built_first(page)
     assert len(built_errors) == 2 and "/shards/y" in built_errors[0] and "/shards/x$s" in built_errors[1]

@@ -57,7 +57,7 @@ def test_esc10_linear_svm_is_fold_averaged_honest_and_deterministic(esc10_shards
     assert all(r["extra"]["train_samples"] == 320 and r["extra"]["test_samples"] == 80 for r in folds)
     mean = next(r for r in honest if r["split"] == "mean")
     assert mean["value"] == pytest.approx(np.mean([r["value"] for r in folds]))
-    assert all(r["extra"]["cost"] in cfg.svm["costs"] for r in folds)
+    assert all(r["extra"]["cost"] in cfg.svm.costs for r in folds)
     # 10 balanced classes: chance is 10 %; even a random tiny encoder's features carry real signal
     assert mean["value"] > 0.25, mean
     assert mean["checkpoint_sha"].startswith("random-seed0-") and mean["dataset"] == "esc10"

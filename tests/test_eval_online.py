@@ -144,7 +144,7 @@ def test_old_backbones_json_without_input_falls_back_to_defaults_with_a_warning(
     assert load_encoder_input(export) is None
     with pytest.warns(UserWarning, match="records no encoder input"):
         ctx = open_run(str(export), demo_shards, load_config("demo", ["modality=audio"]))
-    assert ctx.cfg.loader["n_mels"] == 80
+    assert ctx.cfg.loader.n_mels == 80
 
 
 def test_the_eval_config_overrides_the_encoders_input():
@@ -154,7 +154,7 @@ def test_the_eval_config_overrides_the_encoders_input():
     preset = EvalConfig(frames=8, loader={"n_mels": 40})  # a preset's frames, a --set loader.n_mels
     assert preset.resolve_input(spec, source="x") == []
     assert (preset.frames, preset.crop, preset.audio_seconds) == (8, 96, 3.0)
-    assert preset.loader["n_mels"] == 40 and preset.loader["n_fft"] == spec["audio"]["n_fft"]
+    assert preset.loader.n_mels == 40 and preset.loader.n_fft == spec["audio"]["n_fft"]
     random = EvalConfig()
     assert random.resolve_input(None, source="random") == []  # random init: defaults, nothing to warn about
     assert (random.frames, random.crop, random.audio_seconds) == (8, 112, 2.0)

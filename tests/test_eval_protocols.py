@@ -226,5 +226,5 @@ def test_linear_fc_learns_separable_features_deterministically():
     first, second = linear_fc(train, test, cfg, num_classes=3), linear_fc(train, test, cfg, num_classes=3)
     assert first == second
     assert first.accuracy > 0.8 and first.epochs == 15
-    with pytest.raises(ValueError, match="unknown fc"):
+    with pytest.raises(ValueError, match="unknown config key 'fc.epoch'"):
         FCConfig.from_dict({"epoch": 3})

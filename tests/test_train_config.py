@@ -36,15 +36,19 @@ def test_all_presets_resolve():
 
 def test_overrides_are_typed_and_validated():
     cfg = resolve_config("debug", ["optim.lr=1e-4", "objective.terms=[sync, intra]", "run.max_steps=3",
-                                   "model.norm=group", "data.anything=1"])
+                                   "model.norm=group", "data.frames=4"])
     assert cfg["optim"]["lr"] == 1e-4 and isinstance(cfg["optim"]["lr"], float)
     assert cfg["objective"]["terms"] == ["sync", "intra"] and cfg["run"]["max_steps"] == 3
-    assert cfg["data"]["anything"] == 1  # the loader's own keys are validated by the loader
+    assert cfg["data"]["frames"] == 4  # the loader's section is typed and checked here too
     assert parse_override("a.b.c=[1, 2]") == {"a": {"b": {"c": [1, 2]}}}
     with pytest.raises(ValueError, match="unknown config key 'optim.learning_rate'"):
         resolve_config("debug", ["optim.learning_rate=1"])
-    with pytest.raises(ValueError, match="expected a number"):
+    with pytest.raises(ValueError, match="optim.lr: .*could not be converted to Float"):
         resolve_config("debug", ["optim.lr=fast"])
+    with pytest.raises(ValueError, match="unknown config key 'data.frams'"):  # the data section, before any loader
+        resolve_config("debug", ["data.frams=4"])
+    with pytest.raises(ValueError, match="data.augment.video.crop_area"):  # a tuple of the wrong length
+        resolve_config("debug", ["data.augment.video.crop_area=[0.5]"])
     with pytest.raises(ValueError, match="run.precision"):
         resolve_config("debug", ["run.precision=fp8"])
     with pytest.raises(ValueError, match="unknown objective terms"):
@@ -72,7 +76,7 @@ def test_cli_prints_the_resolved_config_and_rejects_bad_keys(capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed == resolve_config("debug", ["optim.lr=2e-3"])
     assert main(["pretrain", "--config", "debug", "optim.lr=fast"]) == 2
-    assert "optim.lr: expected a number" in capsys.readouterr().err
+    assert "optim.lr: Value 'fast' of type 'str' could not be converted to Float" in capsys.readouterr().err
 
 
 # Supplement G.1 "Ablation Parameters": (terms, base LR, predictor LR) of the uni-modal rows

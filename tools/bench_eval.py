@@ -12,6 +12,7 @@ runs the same fits one after another (n_jobs=1) on the same features; ratio = ba
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -93,7 +94,7 @@ def _svm_sweep(data: Path, jobs: int) -> dict[str, float]:
     seconds = {}
     results = {}
     for label, n_jobs in (("parallel", jobs), ("serial", 1)):
-        svm_cfg = SVMConfig.from_dict({**cfg.svm, "n_jobs": n_jobs})
+        svm_cfg = dataclasses.replace(cfg.svm, n_jobs=n_jobs)
         started = time.perf_counter()
         results[label] = linear_svm(tr, te, svm_cfg, num_classes=len(classes))
         seconds[label] = time.perf_counter() - started

@@ -84,7 +84,34 @@ def build_parser() -> argparse.ArgumentParser:
         leaf.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                           help="show the full traceback of an error")
         leaf.set_defaults(_prog=leaf.prog)
+        if any(a.dest == OVERRIDES and not a.option_strings for a in leaf._actions):
+            leaf.add_argument("--set", dest=SET_OVERRIDES, action="append", default=[], metavar="KEY=VALUE",
+                              help="a config override, the same as a positional KEY=VALUE (repeatable; "
+                                   "applied before the positional ones)")
     return parser
+
+
+# The one override syntax of every command that takes a config (pretrain, eval, shards build,
+# bench train): positional ``key.sub=value`` words, values read as YAML (crisscross.config);
+# ``--set key.sub=value`` is the same. A command opts in with add_overrides().
+OVERRIDES = "overrides"
+SET_OVERRIDES = "set_overrides"
+
+
+def add_overrides(parser: argparse.ArgumentParser, example: str) -> None:
+    """Positional ``KEY=VALUE`` config overrides (``--set`` is added with --debug by build_parser)."""
+    parser.add_argument(OVERRIDES, nargs="*", metavar="KEY=VALUE",
+                        help=f"config overrides, values read as YAML, e.g. {example}")
+
+
+def _collect_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]) -> None:
+    """``--set`` values, then the positional ones; words after another positional (argparse takes
+    ``nargs='*'`` only once: ``shards build IN --out X fps=8``) are overrides too when they hold ``=``."""
+    stray = [w for w in extras if w.startswith("-") or "=" not in w]
+    if extras and (stray or not hasattr(args, OVERRIDES)):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extras)}")
+    if hasattr(args, OVERRIDES):
+        args.overrides = [*vars(args).pop(SET_OVERRIDES, []), *(args.overrides or []), *extras]
 
 
 def report_user_error(prog: str, exc: BaseException) -> None:
@@ -101,7 +128,8 @@ def report_user_error(prog: str, exc: BaseException) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    _collect_overrides(parser, args, extras)
     # the commands see only their own options (some pass every option on to their stage)
     prog = vars(args).pop("_prog", "crisscross")
     debug = bool(vars(args).pop("debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")

@@ -1,8 +1,8 @@
 """``crisscross eval linear|retrieval|finetune|fusion|report``: downstream evaluation.
 
 Each evaluator reads a shard dataset (``--data``), a checkpoint (an export dir, a trainer
-checkpoint file, or ``random``), an eval preset or YAML (``--config``) with ``--set key=value``
-overrides, and writes ``results.json``, ``results.md`` and ``config.yaml`` into ``--out``.
+checkpoint file, or ``random``), an eval preset or YAML (``--config``) with ``key=value``
+overrides (``--set key=value`` is the same), and writes ``results.json``, ``results.md`` and ``config.yaml`` into ``--out``.
 ``report`` collects results.json files into the layout of the paper's Tables 4, 6, 7, 8.
 
 Before any feature is extracted, the data is checked against what the evaluator needs
@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+
+from crisscross.tools.cli import add_overrides
 
 EVALUATORS = ("linear", "retrieval", "finetune", "fusion")
 
@@ -84,8 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--checkpoint", required=True, help="export dir, trainer checkpoint file, or 'random'")
         p.add_argument("--data", required=True, type=Path, help="shard dataset dir (manifest.parquet, *.tar)")
         p.add_argument("--config", help="eval preset name (listed below) or YAML path (default: the built-in defaults)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set train_pass.clips_per_sample=2 (repeatable)")
+        add_overrides(p, "train_pass.clips_per_sample=2 svm.cv_folds=3 (docs/evaluate.md#config-keys)")
         p.add_argument("--out", type=Path, help="output dir (default: eval_runs/<evaluator>-<data name>)")
         p.set_defaults(func=_run_evaluator)
     p = eval_sub.add_parser("report", help="collect results.json files into the paper's table layout",

@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from crisscross.tools.cli import add_overrides
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("pretrain", help="self-supervised CrissCross pretraining",
@@ -19,20 +21,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", default=None,
                         help="'auto' = newest complete checkpoint of run.dir (fresh start if none), or a checkpoint path")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                        help="config overrides, e.g. optim.lr=1e-4 run.dir=runs/x objective.terms=[sync,intra]")
+    add_overrides(parser, "optim.lr=1e-4 run.dir=runs/x objective.terms=[sync,intra] (docs/train.md#config-keys)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from crisscross.tools.preflight import check_pretrain, validate_data_section
+    from crisscross.tools.preflight import check_pretrain
     from crisscross.train.config import resolve_config
 
-    # a bad preset, key or value raises ValueError/FileNotFoundError: one line, exit 2 (tools/cli.py)
+    # a bad preset, key or value (the data section included) raises ConfigError/ValueError/
+    # FileNotFoundError before any work: one line, exit 2 (tools/cli.py)
     config = resolve_config(args.config, args.overrides)
-    validate_data_section(config)
     if args.print_config:
         import yaml
         print(yaml.safe_dump(config, sort_keys=False))

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from crisscross.tools.cli import add_overrides
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("shards", help="build, inspect, verify or merge WebDataset shards")
@@ -22,7 +24,9 @@ def _register_build(sub) -> None:
     from crisscross.preprocess.sources import ADAPTERS
 
     p = sub.add_parser("build", help="raw videos/audio -> shards (resumable)",
-                       description="Options not given come from --preset (default: preprocess/presets/default.yaml).")
+                       description="Options not given come from --preset (default: preprocess/presets/default.yaml); "
+                                   "KEY=VALUE overrides (any preset key, e.g. short_side=128) apply last. "
+                                   "Every key: docs/preprocess.md#build-config.")
     p.add_argument("input", help="a folder, a manifest (csv/tsv/jsonl/parquet) or a dataset root")
     p.add_argument("--out", required=True, help="dataset directory (created; rerun to resume)")
     p.add_argument("--preset", default="default", help="preset name or YAML path (flags given here win)")
@@ -52,20 +56,29 @@ def _register_build(sub) -> None:
     p.add_argument("--num-tasks", type=int, default=1, help="job array size (then run `shards merge`)")
     p.add_argument("--task-index", type=int, default=0, help="this job array task (0-based)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs and CI)")
+    add_overrides(p, "short_side=128 clip_seconds=10")
     p.set_defaults(func=_build)
 
 
-def build_options(args: argparse.Namespace) -> dict:
-    """The preset's values with the flags given on the command line on top."""
-    from crisscross.preprocess.presets import load_preset
+NOT_BUILD_OPTIONS = {"input", "out", "preset", "overrides", "num_tasks", "task_index", "no_progress", "func",
+                     "command", "shards_command"}
 
-    values = load_preset(args.preset)
-    given = {k: v for k, v in vars(args).items()
-             if k not in {"input", "out", "preset", "num_tasks", "task_index", "no_progress", "func", "command",
-                          "shards_command"}}
+
+def build_options(args: argparse.Namespace) -> dict:
+    """The flags given on the command line, as BuildPreset keys (they win over the preset; the
+    KEY=VALUE overrides win over them)."""
+    given = {k: v for k, v in vars(args).items() if k not in NOT_BUILD_OPTIONS}
     if "shard_size_mb" in given:
         given["shard_size_bytes"] = int(given.pop("shard_size_mb") * 1e6)
-    values.update(given)
+    return given
+
+
+def resolve_build(args: argparse.Namespace) -> dict:
+    """Preset <- flags <- KEY=VALUE overrides, checked (a typo is refused before any work)."""
+    from crisscross.config import to_dict
+    from crisscross.preprocess.presets import resolve_preset
+
+    values = to_dict(resolve_preset(args.preset, args.overrides, build_options(args)))
     if values.get("video_root"):
         values["video_root"] = str(Path(values["video_root"]).resolve())  # the plan must not depend on the cwd
     return values
@@ -81,9 +94,10 @@ def _build(args: argparse.Namespace) -> int:
 
     if not 0 <= args.task_index < args.num_tasks:
         raise UserError("--task-index must be in [0, --num-tasks)")
+    options = resolve_build(args)
     try:
-        stats = build_shards(args.input, args.out, num_tasks=args.num_tasks, task_index=args.task_index,
-                             progress=not args.no_progress, **build_options(args))
+        stats = build_shards(args.input, args.out, preset=None, num_tasks=args.num_tasks, task_index=args.task_index,
+                             progress=not args.no_progress, **options)
     except KeyboardInterrupt:  # the workers are stopped and their unfinished shards removed
         print(f"\ncrisscross shards build: {INTERRUPTED}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -105,20 +105,6 @@ def check_pretrain(config: dict[str, Any], world_size: int) -> None:
                         f"(optim.batch_size={global_batch}): lower optim.batch_size or use more data")
 
 
-def validate_data_section(config: dict[str, Any]) -> None:
-    """The ``data`` keys belong to the shard loader: check names and values now (also for
-    ``--print-config``), not when the trainer builds the loader."""
-    if config["run"]["loader"] != "dali":
-        return
-    from crisscross.shards.loader import LoaderConfig
-
-    values = dict(config["data"])
-    values.setdefault("shards", "")
-    if not values["shards"]:
-        values["shards"] = "<unset>"  # validated without it; the trainer refuses a missing one
-    LoaderConfig.from_dict(values)
-
-
 # ----------------------------------------------------------------------------- evaluation
 def eval_needs(evaluator: str, cfg: Any) -> tuple[str, ...]:
     """Modalities each sample must hold for an evaluator and config."""
@@ -127,7 +113,7 @@ def eval_needs(evaluator: str, cfg: Any) -> tuple[str, ...]:
     if evaluator == "finetune":
         return ("video",)
     if evaluator == "retrieval":
-        used = {m for d in cfg.retrieval.get("directions", []) for m in d.split("->")}
+        used = {m for d in cfg.retrieval.directions for m in d.split("->")}
         return tuple(m for m in ("video", "audio") if m in used)
     return (cfg.modality,)
 
@@ -143,7 +129,6 @@ def check_eval(evaluator: str, checkpoint: str, data_dir: str | Path, cfg: Any) 
     needs = eval_needs(evaluator, cfg)
     if not needs:
         raise UserError("retrieval.directions is empty: nothing to evaluate")
-    _check_options(evaluator, cfg)
     holding = facts.count_with(needs)
     what = "+".join(needs)
     if holding == 0:
@@ -188,28 +173,6 @@ def _partitions(facts: DatasetFacts, cfg: Any, needs: tuple[str, ...]) -> list:
     return parts
 
 
-def _check_options(evaluator: str, cfg: Any) -> None:
-    """Classifier and finetuning options are parsed late by their stage: parse them now."""
-    if evaluator in ("linear", "fusion"):
-        if cfg.classifier == "svm":
-            from crisscross.evaluate.linear import SVMConfig
-
-            SVMConfig.from_dict(cfg.svm)
-        else:
-            from crisscross.evaluate.fc import FCConfig
-
-            FCConfig.from_dict(cfg.fc)
-    if cfg.loader:
-        import inspect
-
-        from crisscross.shards.loader import build_eval_loader
-
-        known = set(inspect.signature(build_eval_loader).parameters) - {"shards_dir"}
-        unknown = sorted(set(cfg.loader) - known)
-        if unknown:
-            raise UserError(f"unknown eval loader options {unknown}; known: {sorted(known)}")
-
-
 def finetune_steps_per_epoch(train_samples: int, clips_per_sample: int, batch_size: int) -> int:
     """Optimizer steps of one finetuning epoch: every training clip once, in full batches
     (evaluate/finetune.py ``shuffled_batches`` drops the last partial batch)."""
@@ -219,9 +182,7 @@ def finetune_steps_per_epoch(train_samples: int, clips_per_sample: int, batch_si
 def check_finetune_steps(cfg: Any, parts: list) -> None:
     """Refuse a finetuning run that would take zero optimizer steps (it would report the
     untrained head's accuracy as a result)."""
-    from crisscross.evaluate.finetune import FinetuneConfig
-
-    ft = FinetuneConfig.from_dict(cfg.finetune)
+    ft = cfg.finetune
     if ft.epochs < 1:
         raise UserError(f"finetune.epochs={ft.epochs}: finetuning needs at least one epoch")
     for part in parts:
