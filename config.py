@@ -20,8 +20,9 @@ is the same check for a plain dict (a config stored in a checkpoint or a backbon
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -173,6 +174,17 @@ def load(schema: type[T], *layers: dict[str, Any] | None, overrides: Iterable[st
         raise ConfigError(_message(exc, schema, where)) from None
     except TypeError as exc:  # e.g. a scalar where a section is expected
         raise ConfigError(f"{where.rstrip('.') or 'config'}: {exc}") from None
+
+
+def from_known_keys(cls: type[T], values: dict[str, Any], what: str) -> T:
+    """``cls(**values)`` after refusing keys that are not fields of the dataclass ``cls`` (a typo
+    must not pass silently): the light check of a section's ``from_dict`` (ValueError ``unknown
+    <what> keys [...]; known: [...]``); values are checked by the dataclass itself."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} keys {unknown}; known: {sorted(known)}")
+    return cls(**values)
 
 
 def from_dict(schema: type[T], values: dict[str, Any] | T | None, *, where: str = "") -> T:

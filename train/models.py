@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from crisscross.config import from_known_keys
 from crisscross.train.heads import HEADS, avid_mlp, gdt_mlp
 from crisscross.train.pooling import CropConfig, TemporalPool, crop_map, sample_crop_boxes
 
@@ -110,11 +111,7 @@ class ModelConfig:
     def from_dict(cls, values: dict[str, Any] | ModelConfig) -> ModelConfig:
         if isinstance(values, ModelConfig):
             return values
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return from_known_keys(cls, values, "model config")
 
     @classmethod
     def tiny(cls, **overrides: Any) -> ModelConfig:

@@ -18,12 +18,14 @@ same pooling and projection as the whole map.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from crisscross.config import from_known_keys
 
 
 class QKAttention(nn.Module):
@@ -118,11 +120,7 @@ class CropConfig:
     def from_dict(cls, values: dict[str, Any] | None) -> CropConfig | None:
         if values is None or isinstance(values, CropConfig):
             return values
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown model.crops keys {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return from_known_keys(cls, values, "model.crops")
 
     def __post_init__(self) -> None:
         for name in ("spatial_large", "spatial_small", "temporal_large", "temporal_small"):

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from crisscross.config import from_known_keys
 
 
 @dataclass
@@ -28,11 +30,7 @@ class SyntheticConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SyntheticConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown synthetic loader keys {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return from_known_keys(cls, values, "synthetic loader")
 
 
 class SyntheticTrainLoader:

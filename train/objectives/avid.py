@@ -19,12 +19,13 @@ The memory banks are updated after the scores (scores always use the pre-update 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from crisscross.config import from_known_keys
 from crisscross.train.objectives.base import StepContext, step_generator
 from crisscross.train.objectives.nce import (
     AGREEMENTS,
@@ -37,14 +38,6 @@ from crisscross.train.objectives.nce import (
 )
 
 MODES = ("cross", "self", "joint")
-
-
-def _from_dict(cls, values: dict[str, Any], where: str):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown {where} keys {unknown}; known: {sorted(known)}")
-    return cls(**values)
 
 
 @dataclass
@@ -70,7 +63,7 @@ class AVIDConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> AVIDConfig:
-        return _from_dict(cls, values, "objective.avid")
+        return from_known_keys(cls, values, "objective.avid")
 
 
 @dataclass
@@ -94,7 +87,7 @@ class CMAConfig(AVIDConfig):
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CMAConfig:
-        return _from_dict(cls, values, "objective.avid_cma")
+        return from_known_keys(cls, values, "objective.avid_cma")
 
 
 def _scores(x: torch.Tensor, bank: torch.Tensor, index: torch.Tensor, tau: float) -> torch.Tensor:

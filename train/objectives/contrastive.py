@@ -27,25 +27,18 @@ STiCA (appendix of Patrick et al. 2021 + the official GDT code; docs/methods.md)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from crisscross.config import from_known_keys
 from crisscross.train.distributed import DistEnv, gather_keys
 from crisscross.train.objectives.base import Stateless, StepContext
 
 SVACLR_MODES = ("pairwise_scalar", "soft_targets", "none")
 SVACLR_PAIRS = ("a1v1", "a1v2", "a2v1", "a2v2")
-
-
-def _from_dict(cls, values: dict[str, Any], where: str):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown {where} keys {unknown}; known: {sorted(known)}")
-    return cls(**values)
 
 
 def info_nce(q: torch.Tensor, k: torch.Tensor, tau: float, env: DistEnv | None = None, *, detach_keys: bool,
@@ -95,7 +88,7 @@ class SvaCLRConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SvaCLRConfig:
-        return _from_dict(cls, values, "objective.svaclr")
+        return from_known_keys(cls, values, "objective.svaclr")
 
 
 class SvaCLRObjective(Stateless):
@@ -174,7 +167,7 @@ class STiCAConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> STiCAConfig:
-        return _from_dict(cls, values, "objective.stica")
+        return from_known_keys(cls, values, "objective.stica")
 
 
 class STiCAObjective(Stateless):
