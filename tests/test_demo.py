@@ -32,6 +32,9 @@ def test_demo_writes_a_report_with_numbers(tmp_path):
     text = report.read_text()
     assert re.search(r"\| pretrained \| \d+\.\d% \| \d+\.\d% \|", text)
     assert "figures/loss_curve.png" in text and (out / "figures" / "loss_curve.png").stat().st_size > 0
+    # the report says which objective terms ran (the demo preset: the cross-modal ones) and how views were cut
+    assert "Objective terms that ran: L_sync (v1-a1, v2-a2), L_async (v1-a2, v2-a1)" in text
+    assert "Not run: L_intra" in text and "alignment `paper`" in text
     # a rerun resumes: everything is complete, so no step is redone and the numbers are the same
     proc2 = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc2.returncode == 0, proc2.stderr[-3000:]
