@@ -115,22 +115,27 @@ class _Bench:
         self.env = setup_distributed(config["run"])
         self.device = self.env.device
         self.setup = build_setup(config, self.env)  # the trainer's own model, optimizer, precision and loader
-        self.views = self.setup.objective.cfg.views
+        self.views = self.setup.objective.views  # the method's views (docs/methods.md)
         o = config["optim"]
         set_learning_rates(self.setup.optimizer, 10, Schedule(o["lr"], o["end_lr"], o["pred_lr"], 0, 100))
         self.loader = self.setup.loader
         first = next(iter(self.loader))
         self.example = {k: first[k] for k in self.views}
+        self.example_keys = first.get("key")  # AVID/CMA map sample keys to memory-bank rows
         self.flops_per_step = self._count_flops()
 
     def _views(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         from crisscross.train.trainer import model_views
         return model_views(batch, self.views, channels_last=self.config["run"]["channels_last"])
 
-    def _step(self, views: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _step(self, views: dict[str, torch.Tensor], keys: list[str] | None = None) -> torch.Tensor:
+        from crisscross.train.methods import model_kwargs
+        from crisscross.train.objectives.base import StepContext
         from crisscross.train.trainer import train_step
-        s = self.setup
-        return train_step(s.model, s.objective, s.optimizer, s.scaler, s.autocast, views)[0]
+        s, ctx = self.setup, StepContext(env=self.env)
+        batch = {**views, "key": keys if keys is not None else self.example_keys}
+        return train_step(s.model, s.objective, s.optimizer, s.scaler, s.autocast, views, batch, ctx,
+                          model_kwargs(s.raw, int(self.config["run"]["seed"]), ctx))[0]
 
     def _count_flops(self) -> float:
         from torch.utils.flop_counter import FlopCounterMode
@@ -161,14 +166,15 @@ class _Bench:
         stream = Prefetcher(self.loader, depth=int(self.config["run"]["prefetch"]))  # as the trainer does
         try:
             for _ in range(warmup):
-                self._step(self._views(stream.next()))
+                warm = stream.next()
+                self._step(self._views(warm), warm.get("key"))
             self._sync()
             waited, start = 0.0, time.perf_counter()
             for _ in range(steps):
                 t0 = time.perf_counter()
                 batch = stream.next()
                 waited += time.perf_counter() - t0
-                self._step(self._views(batch))
+                self._step(self._views(batch), batch.get("key"))
             self._sync()
             elapsed = time.perf_counter() - start
         finally:
