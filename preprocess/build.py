@@ -5,8 +5,10 @@ Flow (every step deterministic given the inputs and the build parameters):
 1. ``plan`` (plan.py): adapter items -> sample specs (one per item, or one per ``--clip-seconds`` clip,
    which needs each source's duration from a header probe) -> shuffled with ``seed`` ->
    consecutive groups of ``samples_per_shard``: shard j is task j. Saved as ``_plan.json``.
-2. ``write_shard(j)``: decodes its samples (samples.py: per-source try/except and a time limit,
-   optionally a child process per source: a bad file becomes an error row, never a dead worker), writes ``{name}-{j:06d}.tar`` + ``.idx`` under
+2. ``write_shard(j)``, run by an engine (engines.py: a process pool or Ray; ``shard_job`` is the
+   build as a job of numbered tasks): decodes its samples (samples.py: per-source try/except and a
+   time limit, optionally a child process per source (processes.py): a bad file becomes an error
+   row, never a dead worker), writes ``{name}-{j:06d}.tar`` + ``.idx`` under
    temporary names, renames them, then writes ``_parts/{j:06d}.json`` (its manifest and error
    rows) last: that file marks the shard complete. A rerun skips complete shards and redoes the
    rest from scratch, so a SIGKILL at any moment followed by a rerun gives identical bytes.
@@ -15,19 +17,28 @@ Flow (every step deterministic given the inputs and the build parameters):
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from crisscross.preprocess import media, samples
-from crisscross.preprocess.plan import (PLAN_FILE, REQUIRE_CHOICES, BuildConfig, SampleSpec,  # noqa: F401 (re-exported)
-                                        load_or_make_plan, specs_of_shard, write_json_atomic)
+from crisscross.preprocess import engines, media, samples
+from crisscross.preprocess.plan import (  # noqa: F401 (re-exported)
+    PLAN_FILE,
+    REQUIRE_CHOICES,
+    BuildConfig,
+    BuildPlan,
+    SampleSpec,
+    load_or_make_plan,
+    read_plan,
+    write_json_atomic,
+)
 from crisscross.shards import format as fmt
 from crisscross.shards.atomic import atomic_open, temp_prefix
 from crisscross.shards.writer import ShardWriter, idx_path_for, sample_digest
@@ -63,7 +74,7 @@ def part_path(out_dir: Path, shard: int) -> Path:
     return out_dir / PARTS_DIR / f"{shard:06d}.json"
 
 
-def shard_is_complete(out_dir: Path, cfg: BuildConfig, shard: int) -> bool:
+def shard_is_complete(out_dir: Path, shard: int) -> bool:
     part = part_path(out_dir, shard)
     if not part.exists():
         return False
@@ -88,14 +99,14 @@ def _remove_temp_files(out_dir: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def write_shard(out_dir: Path, plan: dict, shard: int, progress=None, isolate: bool = False) -> dict:
-    """Build shard ``shard`` of ``plan`` from scratch (idempotent: same bytes every time).
-
-    ``isolate``: decode each source in its own child process (samples.decode_group_isolated).
+def write_shard(out_dir: Path, plan: BuildPlan, shard: int, progress=None, isolate: bool = False) -> dict:
+    """Build shard ``shard`` of ``plan`` from scratch (idempotent: same bytes every time): the task
+    the engines run. ``isolate``: decode each source in its own child process
+    (samples.decode_group_isolated).
     """
-    cfg = BuildConfig(**plan["config"])
-    specs = specs_of_shard(plan, shard)
-    label_index = {label: i for i, label in enumerate(plan["labels"])}
+    cfg = plan.config
+    specs = plan.specs(shard)
+    label_index = plan.label_index()
     tar_path = out_dir / fmt.shard_name(cfg.name, shard)
     remove_leftovers(out_dir, cfg.name, shard)
     by_source: dict[str, list[SampleSpec]] = {}
@@ -145,6 +156,21 @@ def write_shard(out_dir: Path, plan: dict, shard: int, progress=None, isolate: b
     return part
 
 
+def remove_unfinished(out_dir: Path, plan: BuildPlan, shards: list[int]) -> None:
+    """What killed tasks left of their shards (temporaries, a tar renamed before its part file):
+    nothing a rerun would take for whole remains; complete shards are kept."""
+    for j in shards:
+        if not shard_is_complete(out_dir, j):
+            remove_leftovers(out_dir, plan.config.name, j)
+
+
+def shard_job(out_dir: Path, plan: BuildPlan) -> engines.Job:
+    """The build as the engines see it: task j writes shard j; its size is its sample count."""
+    return engines.Job(task=functools.partial(write_shard, out_dir, plan),
+                       sizes=[plan.shard_size(j) for j in range(plan.num_shards)],
+                       tidy=functools.partial(remove_unfinished, out_dir, plan))
+
+
 # ---------------------------------------------------------------- merge
 
 def _library_versions() -> dict:
@@ -159,30 +185,29 @@ def _library_versions() -> dict:
 def merge(out_dir: str | Path) -> BuildStats:
     """Write manifest.parquet, errors.parquet and dataset.json from the completed shards."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from crisscross.errors import UserError
 
     out_dir = Path(out_dir)
     if not (out_dir / PLAN_FILE).is_file():
         raise UserError(f"{out_dir} holds no shard build ({PLAN_FILE} missing)")
-    plan = json.loads((out_dir / PLAN_FILE).read_text())
-    cfg = BuildConfig(**plan["config"])
-    missing = [j for j in range(len(plan["shards"])) if not shard_is_complete(out_dir, cfg, j)]
+    plan = read_plan(out_dir)
+    cfg = plan.config
+    missing = [j for j in range(plan.num_shards) if not shard_is_complete(out_dir, j)]
     if missing:
         raise UserError(f"{len(missing)} shard(s) not complete yet (e.g. {missing[:5]}); run the missing tasks first")
     _remove_temp_files(out_dir)
-    parts = [json.loads(part_path(out_dir, j).read_text()) for j in range(len(plan["shards"]))]
+    parts = [json.loads(part_path(out_dir, j).read_text()) for j in range(plan.num_shards)]
     rows = [row for p in parts for row in p["samples"]]
     errors = [e for p in parts for e in p["errors"]]
     _write_parquet(out_dir / "manifest.parquet", rows, _MANIFEST_SCHEMA(pa))
     _write_parquet(out_dir / "errors.parquet", errors, _ERRORS_SCHEMA(pa))
     stats = _stats_of(out_dir, parts)
     dataset = {
-        "format_version": fmt.FORMAT_VERSION, "name": cfg.name, "input": plan["input"],
-        "build": plan["config"], "labels": plan["labels"],
+        "format_version": fmt.FORMAT_VERSION, "name": cfg.name, "input": plan.input,
+        "build": asdict(cfg), "labels": plan.labels,
         "shards": [p["tar"] for p in parts if p["tar"] is not None],
-        "counts": {"sources": plan["sources"], "samples": stats.samples, "errors": stats.errors,
+        "counts": {"sources": plan.sources, "samples": stats.samples, "errors": stats.errors,
                    "shards": stats.shards, "seconds": round(stats.seconds, 6), "sample_bytes": stats.bytes,
                    "shard_bytes": int(sum(p["tar_bytes"] or 0 for p in parts)),
                    "modalities": stats.modalities, "error_reasons": stats.error_reasons,
@@ -208,7 +233,7 @@ def _MANIFEST_SCHEMA(pa):  # noqa: N802 - a schema constant built lazily (pyarro
                       ("label_index", pa.int64()), ("split", pa.string()), ("fold", pa.int64()),
                       ("modalities", pa.string()), ("duration", pa.float64()), ("frames", pa.int64()),
                       ("audio_samples", pa.int64()), ("bytes", pa.int64()), ("source", pa.string()),
-                      ("clip_index", pa.int64()), ("t0", pa.float64()), ("sha256", pa.string())])
+                      ("group", pa.string()), ("clip_index", pa.int64()), ("t0", pa.float64()), ("sha256", pa.string())])
 
 
 def _ERRORS_SCHEMA(pa):  # noqa: N802
@@ -239,7 +264,6 @@ def build_shards(input: str | Path, out_dir: str | Path, *, preset: str | Path |
     local instance). With ``num_tasks > 1`` only shards ``j % num_tasks == task_index`` are built
     and the dataset files are left to ``merge(out_dir)``.
     """
-    from crisscross.preprocess import engines
     from crisscross.preprocess.presets import resolve_preset
 
     t_start = time.monotonic()
@@ -250,12 +274,12 @@ def build_shards(input: str | Path, out_dir: str | Path, *, preset: str | Path |
     cfg = resolved.build_config()
     engine_options = resolved.engine_options()
     plan = load_or_make_plan(input, out_dir, cfg)
-    if len(plan["labels"]) == 1:
-        print(f"crisscross shards build: warning: every source has the same label {plan['labels'][0]!r}; "
+    if len(plan.labels) == 1:
+        print(f"crisscross shards build: warning: every source has the same label {plan.labels[0]!r}; "
               "is --format right for this input?", file=sys.stderr)
-    mine = [j for j in range(len(plan["shards"])) if j % num_tasks == task_index]
-    todo = [j for j in mine if not shard_is_complete(out_dir, cfg, j)]
-    engines.run_shards(out_dir, plan, todo, progress=progress, **engine_options)
+    mine = [j for j in range(plan.num_shards) if j % num_tasks == task_index]
+    todo = [j for j in mine if not shard_is_complete(out_dir, j)]
+    engines.run_tasks(shard_job(out_dir, plan), todo, progress=progress, **engine_options)
     if num_tasks > 1:  # a job-array task: its own shards' figures; `merge` writes the dataset files
         stats = _stats_of(out_dir, [json.loads(part_path(out_dir, j).read_text()) for j in mine])
     else:

@@ -16,10 +16,12 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from crisscross.preprocess import media
+from crisscross.preprocess.processes import time_limit
 from crisscross.preprocess.sources import MAX_SPAN_SECONDS, SourceItem, bad_name, invalid_item, load_sources
 from crisscross.shards import format as fmt
 from crisscross.shards.atomic import atomic_write
@@ -103,8 +105,6 @@ def claimed_duration(item: SourceItem) -> float | None:
     """The source's duration from its header, bounded: None when unknown or unreadable (the
     decoder then reports what is wrong); MediaError('absurd_duration') when the header claims
     more than the file could hold. Never raises anything else: planning runs in the parent."""
-    from crisscross.preprocess.samples import time_limit  # samples imports this module
-
     try:
         size = os.path.getsize(item.path)
         with time_limit(PROBE_TIMEOUT_S):
@@ -176,7 +176,76 @@ def samples_per_shard(specs: list[SampleSpec], cfg: BuildConfig) -> int:
     return max(1, int(cfg.shard_size_bytes // _estimated_bytes(cfg, typical)))
 
 
-def make_plan(input_path: str | Path, cfg: BuildConfig) -> dict:
+@dataclass
+class BuildPlan:
+    """The saved plan (``_plan.json``): the build's parameters, its input, and the shard tasks.
+
+    ``items`` holds each source item once (as its JSON row); a sample of ``shards[j]`` is
+    ``[item number, clip index, start, end, key]`` (compact for inputs of millions of clips).
+    """
+
+    config: BuildConfig
+    input: str  # the input path, resolved
+    labels: list[str]  # sorted; a sample's label_index is its label's position here
+    sources: int
+    items: list[dict[str, Any]]
+    shards: list[list[list[Any]]]
+    format_version: int = fmt.FORMAT_VERSION
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.shards)
+
+    def shard_size(self, shard: int) -> int:
+        return len(self.shards[shard])
+
+    def specs(self, shard: int) -> list[SampleSpec]:
+        """The sample specs of shard ``shard``, in the plan's (shuffled) order."""
+        return [SampleSpec(key, SourceItem(**self.items[item_no]), clip_index, start, end)
+                for item_no, clip_index, start, end, key in self.shards[shard]]
+
+    def label_index(self) -> dict[str, int]:
+        return {label: i for i, label in enumerate(self.labels)}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format_version": self.format_version, "config": dataclasses.asdict(self.config),
+                "input": self.input, "labels": self.labels, "sources": self.sources, "items": self.items,
+                "shards": self.shards}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], path: Path | str = PLAN_FILE) -> BuildPlan:
+        """A plan read back. One whose parameters are not exactly this version's BuildConfig fields
+        is a build with other parameters (it cannot be continued, only redone elsewhere)."""
+        known = {f.name for f in dataclasses.fields(BuildConfig)}
+        if not isinstance(data.get("config"), dict) or set(data["config"]) != known:
+            raise ValueError(f"{Path(path).parent} holds a build with other parameters or input; use a new --out")
+        try:
+            config = BuildConfig(**data["config"])
+            return cls(config=config, input=data["input"], labels=data["labels"], sources=data["sources"],
+                       items=data["items"], shards=data["shards"],
+                       format_version=data.get("format_version", fmt.FORMAT_VERSION))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: a build plan of another version ({type(exc).__name__}: {exc}); "
+                             "use a new --out") from None
+
+    def made_for(self, input_path: str | Path, cfg: BuildConfig) -> bool:
+        """Whether this plan is the one ``(input_path, cfg)`` gives (compared as saved, in JSON)."""
+        as_saved = json.loads(json.dumps(dataclasses.asdict(cfg)))
+        return as_saved == json.loads(json.dumps(dataclasses.asdict(self.config))) and \
+            self.input == str(Path(input_path).resolve())
+
+
+def read_plan(out_dir: str | Path) -> BuildPlan:
+    """The saved plan of the build in ``out_dir`` (ValueError for a damaged file)."""
+    path = Path(out_dir) / PLAN_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: damaged build plan ({exc}); use a new --out") from None
+    return BuildPlan.from_json(data, path)
+
+
+def make_plan(input_path: str | Path, cfg: BuildConfig) -> BuildPlan:
     items = load_sources(input_path, cfg.adapter, split=cfg.split, video_root=cfg.video_root)
     if not items:
         raise ValueError(f"no media found in {input_path} (adapter {cfg.adapter!r}); nothing to build")
@@ -187,27 +256,13 @@ def make_plan(input_path: str | Path, cfg: BuildConfig) -> dict:
     shards = [shuffled[i:i + per_shard] for i in range(0, len(shuffled), per_shard)]
     labels = sorted({s.item.label for s in specs if s.item.label is not None})
     item_number = {item.source_id: i for i, item in enumerate(items)}
-    return {
-        "format_version": fmt.FORMAT_VERSION,
-        "config": dataclasses.asdict(cfg),
-        "input": str(Path(input_path).resolve()),
-        "labels": labels,
-        "sources": len(items),
-        # items once; a sample is [item number, clip index, start, end, key] (compact for big inputs)
-        "items": [dataclasses.asdict(item) for item in items],
-        "shards": [[_spec_to_json(s, item_number) for s in shard] for shard in shards],
-    }
+    return BuildPlan(config=cfg, input=str(Path(input_path).resolve()), labels=labels, sources=len(items),
+                     items=[dataclasses.asdict(item) for item in items],
+                     shards=[[_spec_to_json(s, item_number) for s in shard] for shard in shards])
 
 
 def _spec_to_json(spec: SampleSpec, item_number: dict[str, int]) -> list:
     return [item_number[spec.item.source_id], spec.clip_index, spec.start, spec.end, spec.key]
-
-
-def specs_of_shard(plan: dict, shard: int) -> list[SampleSpec]:
-    specs = []
-    for item_no, clip_index, start, end, key in plan["shards"][shard]:
-        specs.append(SampleSpec(key, SourceItem(**plan["items"][item_no]), clip_index, start, end))
-    return specs
 
 
 def write_json_atomic(path: Path, obj, indent: int | None = 1) -> None:
@@ -243,22 +298,17 @@ def check_out_dir(input_path: str | Path, out_dir: Path, cfg: BuildConfig) -> No
                              "use a new or empty folder")
 
 
-def load_or_make_plan(input_path: str | Path, out_dir: Path, cfg: BuildConfig) -> dict:
+def load_or_make_plan(input_path: str | Path, out_dir: Path, cfg: BuildConfig) -> BuildPlan:
     """The plan is a pure function of (input, cfg); it is saved so every task and every rerun
     uses the same one. A saved plan for different parameters is an error, not overwritten.
     Nothing is created before the plan exists (a wrong input leaves no empty folder behind)."""
     check_out_dir(input_path, out_dir, cfg)
-    path = out_dir / PLAN_FILE
-    if path.exists():
-        try:
-            plan = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: damaged build plan ({exc}); use a new --out") from None
-        if plan["config"] != json.loads(json.dumps(dataclasses.asdict(cfg))) or plan["input"] != str(Path(input_path).resolve()):
+    if (out_dir / PLAN_FILE).exists():
+        plan = read_plan(out_dir)
+        if not plan.made_for(input_path, cfg):
             raise ValueError(f"{out_dir} holds a build with other parameters or input; use a new --out")
         return plan
     plan = make_plan(input_path, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, plan, indent=None)
+    write_json_atomic(out_dir / PLAN_FILE, plan.to_json(), indent=None)
     return plan
-

@@ -10,16 +10,17 @@ is saved with every build (``_plan.json``, ``dataset.json["build"]``).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 from crisscross import config as cfglib
+from crisscross.preprocess.engines import ENGINES
 from crisscross.preprocess.plan import BuildConfig
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 ENGINE_KEYS = ("workers", "engine", "address", "isolate")
-ENGINES = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class BuildPreset(BuildConfig):
 
     workers: int = 1  # local worker processes
     engine: str = "local"  # local | ray
-    address: Optional[str] = None  # Ray cluster address (default: start a local instance)
+    address: str | None = None  # Ray cluster address (default: start a local instance)
     isolate: bool = False  # decode each source in its own process
 
     def __post_init__(self) -> None:

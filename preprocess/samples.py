@@ -8,42 +8,16 @@ forked child.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
-import signal
-import threading
 
 from crisscross.preprocess import media
 from crisscross.preprocess.plan import BuildConfig, SampleSpec
+from crisscross.preprocess.processes import TimeLimitExceeded, call_in_child, time_limit
 from crisscross.preprocess.sources import SourceItem
 from crisscross.shards import format as fmt
-
-
-class _Timeout(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float):
-    """SIGALRM-based limit; PyAV returns to Python between packets, so a stuck decode is cut off.
-    Only in a main thread (signals); elsewhere no limit is applied."""
-    if seconds <= 0 or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
-        yield
-        return
-
-    def on_alarm(signum, frame):
-        raise _Timeout()
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _sha256(path: str) -> str:
@@ -69,7 +43,7 @@ def decode_group(item: SourceItem, specs: list[SampleSpec], cfg: BuildConfig) ->
         return info, clips
     except media.MediaError as exc:
         return exc
-    except _Timeout:
+    except TimeLimitExceeded:
         return media.MediaError("timeout", f"decoding took over {cfg.item_timeout_s} s")
     except (PermissionError, OSError) as exc:
         return media.MediaError("unreadable", f"{type(exc).__name__}: {exc}")
@@ -102,40 +76,16 @@ def _decode_windows(item: SourceItem, specs: list[SampleSpec], cfg: BuildConfig)
     return info, clips
 
 
-def _isolated_child(conn, item: SourceItem, specs: list[SampleSpec], cfg: BuildConfig) -> None:
-    from crisscross.preprocess.engines import die_with_parent
-
-    die_with_parent()
-    conn.send(decode_group(item, specs, cfg))
-    conn.close()
-
-
 def decode_group_isolated(item: SourceItem, specs: list[SampleSpec], cfg: BuildConfig) -> tuple[dict, list] | media.MediaError:
     """``decode_group`` in a forked child: a decoder that crashes the process (segfault, abort)
     or hangs inside FFmpeg costs that child only and becomes an error row."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("fork")
-    receiver, sender = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_isolated_child, args=(sender, item, specs, cfg))
-    child.start()
-    sender.close()
     limit = cfg.item_timeout_s + 30.0 if cfg.item_timeout_s > 0 else None  # the child's own alarm fires first
-    stuck = False
-    try:
-        if receiver.poll(limit):
-            return receiver.recv()  # before join: a large result would block the child's send
-        stuck = True
-    except EOFError:
-        pass  # the child died before sending
-    finally:
-        receiver.close()
-        if child.is_alive():
-            child.kill()
-        child.join()
-    if stuck:
+    outcome = call_in_child(decode_group, item, specs, cfg, timeout=limit)
+    if outcome.ok:
+        return outcome.value
+    if outcome.timed_out:
         return media.MediaError("timeout", f"no result within {limit} s (decoder stuck inside FFmpeg)")
-    return media.MediaError("decoder_crashed", f"decoding process died with exit code {child.exitcode}")
+    return media.MediaError("decoder_crashed", f"decoding process died with exit code {outcome.exitcode}")
 
 
 def check_policy(spec: SampleSpec, clip: media.ClipMedia, info: dict, cfg: BuildConfig) -> media.MediaError | None:
@@ -196,7 +146,8 @@ def components(spec: SampleSpec, clip: media.ClipMedia, info: dict, cfg: BuildCo
            "split": spec.item.split, "fold": spec.item.fold,
            "modalities": "av" if has_v and has_a else ("v" if has_v else "a"),
            "duration": duration, "frames": clip.num_frames, "audio_samples": n_audio,
-           "source": spec.item.source_id, "clip_index": spec.clip_index, "t0": spec.start}
+           "source": spec.item.source_id, "group": spec.item.group or spec.item.source_id,
+           "clip_index": spec.clip_index, "t0": spec.start}
     return comps, row
 
 
