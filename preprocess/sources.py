@@ -18,6 +18,7 @@ import csv
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,9 @@ class SourceItem:
     audio_only: bool = False  # the dataset has no video (ESC-50, DCASE): don't look for one
     invalid_reason: str = ""  # set: the row itself is bad; it becomes an error row, nothing is opened
     invalid_detail: str = ""
+    # samples sharing a group (one source recording) stay on one side of evaluation CV splits;
+    # "" = the source itself (manifest column ``group``; ESC-50 src_file; UCF101 gNN; HMDB51 video)
+    group: str = ""
 
 
 # a span on a source timeline longer than this is taken as a broken manifest, not a video (a week)
@@ -73,7 +77,7 @@ def check_span(start: float | None, end: float | None) -> str | None:
 def invalid_item(item: SourceItem, reason: str, detail: str) -> SourceItem:
     """The item as an error row to be: times dropped (NaN/inf must not reach a JSON file)."""
     return SourceItem(item.path, item.source_id, item.label, item.split, item.fold, None, None, item.audio_only,
-                      reason, detail)
+                      reason, detail, item.group)
 
 
 def _walk_files(root: Path) -> list[Path]:
@@ -163,7 +167,8 @@ def _opt_str(value) -> str | None:
 
 def from_manifest(path: str | Path) -> list[SourceItem]:
     """CSV / TSV / JSONL / Parquet with column ``path`` (relative to the manifest's folder or
-    absolute) and optional ``label``, ``split``, ``fold``, ``start``, ``end`` (seconds)."""
+    absolute) and optional ``label``, ``split``, ``fold``, ``start``, ``end`` (seconds), ``group``
+    (samples of one group stay on one side of evaluation CV splits)."""
     path = _abs(path)
     rows = _read_table(path)
     if rows and "path" not in rows[0]:
@@ -178,7 +183,8 @@ def from_manifest(path: str | Path) -> list[SourceItem]:
         source_id = rel if start is None and end is None else f"{rel}#{start}-{end}"
         item = SourceItem(str(full), source_id, label=_opt_str(row.get("label")),
                           split=_opt_str(row.get("split")) or NO_SPLIT,
-                          fold=_fold(row.get("fold"), f"{path}: row {number}"), start=start, end=end)
+                          fold=_fold(row.get("fold"), f"{path}: row {number}"), start=start, end=end,
+                          group=_opt_str(row.get("group")) or "")
         problem = check_span(start, end)
         items.append(item if problem is None else invalid_item(item, "bad_span", problem))
     return items
@@ -233,7 +239,7 @@ def from_ucf101(root: str | Path, split: int = 1) -> list[SourceItem]:
             if not line.endswith(".avi"):
                 continue  # the class number column of trainlist
             rel = line.strip()
-            items.append(SourceItem(str(video_root / rel), rel, rel.split("/")[0], split_name))
+            items.append(SourceItem(str(video_root / rel), rel, rel.split("/")[0], split_name, group=ucf101_group(rel)))
     return sorted(items, key=lambda i: i.source_id)
 
 
@@ -250,7 +256,8 @@ def from_hmdb51(root: str | Path, split: int = 1) -> list[SourceItem]:
             if len(parts) != 2 or parts[1] == "0":
                 continue
             rel = f"{label}/{parts[0]}"
-            items.append(SourceItem(str(root / rel), rel, label, "train" if parts[1] == "1" else "test"))
+            items.append(SourceItem(str(root / rel), rel, label, "train" if parts[1] == "1" else "test",
+                                    group=hmdb51_group(rel)))
     return sorted(items, key=lambda i: i.source_id)
 
 
@@ -276,8 +283,37 @@ def from_esc50(root: str | Path, meta_csv: str | Path | None = None) -> list[Sou
     for number, row in enumerate(rows, 1):
         rel = f"audio/{row['filename']}"
         items.append(SourceItem(str(root / rel), rel, row["category"], NO_SPLIT,
-                                _fold(row["fold"], f"{meta_csv}: row {number}"), audio_only=True))
+                                _fold(row["fold"], f"{meta_csv}: row {number}"), audio_only=True,
+                                group=esc50_group(row["filename"], row.get("src_file"))))
     return sorted(items, key=lambda i: i.source_id)
+
+
+# ESC-50 file names are {fold}-{src_file}-{take}-{target}: the takes of one recording share src_file
+_ESC50_NAME = re.compile(r"^\d+-(?P<src>[0-9A-Za-z]+)-[A-Za-z]+-\d+\.[A-Za-z0-9]+$")
+# UCF101 names are v_{Class}_g{group}_c{clip}: the clips of one group come from one long video
+_UCF101_NAME = re.compile(r"^v_(?P<cls>[A-Za-z]+)_g(?P<grp>\d+)_c\d+\.[A-Za-z0-9]+$")
+# HMDB51 names are {video title}_{action}_{tags}_{clip number}: the clips of one video share the rest
+_HMDB51_CLIP = re.compile(r"_\d+$")
+
+
+def esc50_group(filename: str, src_file: str | None = None) -> str:
+    """The recording an ESC-50 clip was cut from (the meta CSV's src_file, else the file name's)."""
+    if src_file:
+        return f"esc50:{src_file}"
+    m = _ESC50_NAME.match(filename.rsplit("/", 1)[-1])
+    return f"esc50:{m['src']}" if m else ""
+
+
+def ucf101_group(rel: str) -> str:
+    """UCF101's group (clips of one long video): ``ucf101:{Class}_g{NN}``."""
+    m = _UCF101_NAME.match(rel.rsplit("/", 1)[-1])
+    return f"ucf101:{m['cls']}_g{m['grp']}" if m else ""
+
+
+def hmdb51_group(rel: str) -> str:
+    """The HMDB51 source video of a clip: its name without the trailing clip number."""
+    stem = rel.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return f"hmdb51:{_HMDB51_CLIP.sub('', stem)}"
 
 
 def from_dcase(root: str | Path) -> list[SourceItem]:
