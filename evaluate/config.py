@@ -13,9 +13,9 @@ an unknown key, a wrong type or a bad value before the dataset is opened, so a t
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from crisscross import config as cfglib
 
@@ -113,7 +113,7 @@ class FinetuneConfig(cfglib.Strict):
     shuffle_buffer: int = 256  # samples each rank's reader mixes (seeded per epoch and pass), as in pretraining
     sync_bn: bool = True  # several GPUs: batch-norm statistics over the global batch (GPU-only in PyTorch)
     eval_every_epoch: bool = False  # per-epoch test accuracy, comparison only
-    max_epochs_this_run: Optional[int] = None  # stop this invocation early (time-sliced jobs); resume later
+    max_epochs_this_run: int | None = None  # stop this invocation early (time-sliced jobs); resume later
     keep_checkpoints: int = 2
 
     def __post_init__(self) -> None:
@@ -142,14 +142,14 @@ class EvalLoaderConfig:
     """Evaluation loader options. The front end left unset (null) is the encoder's own, from its
     backbones.json "input" (what it was trained on), else the data defaults."""
 
-    frame_stride: Optional[int] = None
-    fps: Optional[float] = None
-    sample_rate: Optional[int] = None
-    n_mels: Optional[int] = None
-    n_fft: Optional[int] = None
-    hop: Optional[int] = None
-    logmel_mean: Optional[float] = None
-    logmel_std: Optional[float] = None
+    frame_stride: int | None = None
+    fps: float | None = None
+    sample_rate: int | None = None
+    n_mels: int | None = None
+    n_fft: int | None = None
+    hop: int | None = None
+    logmel_mean: float | None = None
+    logmel_std: float | None = None
     num_threads: int = 2  # DALI threads
 
     def __post_init__(self) -> None:
@@ -157,10 +157,6 @@ class EvalLoaderConfig:
             value = getattr(self, key)
             if value is not None and not 1 <= value <= 1 << 20:
                 raise ValueError(f"loader.{key} must be a number in [1, {1 << 20}], got {value!r}")
-
-    def kwargs(self) -> dict[str, Any]:
-        """The options set, as build_eval_loader keyword arguments."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
 
 @dataclass
@@ -170,15 +166,15 @@ class EvalConfig:
     modality: str = "audio"  # linear: which encoder's features (fusion uses both)
     # The input. None (unset): the encoder's own, from its backbones.json "input" (what it was
     # trained on), else the data defaults 8 / 112 / 2.0; a preset or an override gives the protocol's.
-    frames: Optional[int] = None
-    crop: Optional[int] = None
-    audio_seconds: Optional[float] = None
+    frames: int | None = None
+    crop: int | None = None
+    audio_seconds: float | None = None
     batch_size: int = 8
     feature_chunk: int = 64  # clips per forward pass
     train_pass: PassConfig = field(default_factory=lambda: PassConfig(10, "random", "linear"))
     test_pass: PassConfig = field(default_factory=lambda: PassConfig(10, "uniform", "none"))
     splits: str = "auto"  # folds: leave-one-fold-out over manifest folds; split: manifest split train/test
-    folds: Optional[list[int]] = None  # evaluate only these test folds (None = all)
+    folds: list[int] | None = None  # evaluate only these test folds (None = all)
     classifier: str = "svm"
     svm: SVMConfig = field(default_factory=SVMConfig)
     fc: FCConfig = field(default_factory=FCConfig)
@@ -202,7 +198,7 @@ class EvalConfig:
             raise ValueError("batch_size and feature_chunk must be >= 1")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "EvalConfig":
+    def from_dict(cls, values: dict[str, Any]) -> EvalConfig:
         return cfglib.from_dict(cls, copy.deepcopy(values))
 
     def to_dict(self) -> dict[str, Any]:
@@ -231,6 +227,17 @@ class EvalConfig:
             if getattr(self.loader, key) is None:
                 setattr(self.loader, key, flat[key])
         return warnings
+
+    def loader_args(self) -> dict[str, Any]:
+        """The evaluation loader's view, stated rates and threads (after ``resolve_input``): every
+        evaluator builds its loader from these (``build_eval_loader(dir, **cfg.loader_args(), ...)``)."""
+        from crisscross.shards.loader import ViewSpec
+
+        front = self.loader
+        view = ViewSpec(frames=self.frames, frame_stride=front.frame_stride, crop=self.crop,
+                        audio_seconds=self.audio_seconds, n_mels=front.n_mels, n_fft=front.n_fft, hop=front.hop,
+                        logmel_mean=front.logmel_mean, logmel_std=front.logmel_std)
+        return {"view": view, "fps": front.fps, "sample_rate": front.sample_rate, "num_threads": front.num_threads}
 
     def input_label(self, modality: str) -> str:
         if modality == "video":

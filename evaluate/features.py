@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -32,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -157,47 +155,22 @@ class SampleInfo:
     modalities: str = "av"  # manifest "modalities": "av", "v" or "a"
 
 
-GROUP_COLUMNS = ("group", "src_file", "source_group")  # first one present wins
-# ESC-50 file names are {fold}-{src_file}-{take}-{target}: takes of one recording share src_file
-_ESC50_NAME = re.compile(r"^\d+-(?P<src>[0-9A-Za-z]+)-[A-Z]+-\d+\.[a-z0-9]+$")
-# UCF101 names are v_{Class}_g{group}_c{clip}: clips of one group come from one long video
-_UCF101_NAME = re.compile(r"^v_(?P<cls>[A-Za-z]+)_g(?P<grp>\d+)_c\d+\.[a-z0-9]+$")
-
-
-def source_group(source: str) -> str:
-    """The recording a source file comes from (ESC-50 ``src_file``, UCF101 ``{class}_g{NN}``);
-    any other source is its own group, so the clips cut from one video still stay together."""
-    name = source.rsplit("/", 1)[-1]
-    if m := _ESC50_NAME.match(name):
-        return f"esc50:{m['src']}"
-    if m := _UCF101_NAME.match(name):
-        return f"ucf101:{m['cls']}_g{m['grp']}"
-    return source
-
-
-def _group(row: dict[str, Any], group_col: str | None) -> str:
-    if group_col and row.get(group_col) is not None:
-        return str(row[group_col])
-    if row.get("source"):
-        return source_group(str(row["source"]))
-    return str(row["key"])
-
-
 def read_manifest(shards_dir: Path) -> dict[str, SampleInfo]:
-    """Labels, splits, folds and CV groups by sample key, from the dataset's manifest.parquet."""
-    path = Path(shards_dir) / "manifest.parquet"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} missing: is {shards_dir} a shard dataset built by `crisscross shards build`?")
-    rows = pq.read_table(path).to_pylist()
-    if not rows:
-        raise ValueError(f"{path} lists no samples")
-    group_col = next((c for c in GROUP_COLUMNS if c in rows[0]), None)
+    """Labels, splits, folds and CV groups by sample key, from the dataset (shards.Dataset: the
+    builder's ``group`` column; a dataset built before it: each source file its own group, with a
+    warning)."""
+    from crisscross.shards.dataset import Dataset
+
+    dataset = Dataset.open(shards_dir, need_manifest=True)
+    if not dataset.rows:
+        raise ValueError(f"{dataset.root / 'manifest.parquet'} lists no samples")
+    groups = dataset.groups()
     return {
-        r["key"]: SampleInfo(
-            key=r["key"], label=str(r["label"]), label_index=int(r["label_index"]), split=str(r["split"]),
-            fold=int(r["fold"]), group=_group(r, group_col), modalities=str(r.get("modalities") or "av"),
+        str(r["key"]): SampleInfo(
+            key=str(r["key"]), label=str(r["label"]), label_index=int(r["label_index"]), split=str(r["split"]),
+            fold=int(r["fold"]), group=groups[str(r["key"])], modalities=str(r.get("modalities") or "av"),
         )
-        for r in rows
+        for r in dataset.rows
     }
 
 

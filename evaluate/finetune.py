@@ -26,7 +26,7 @@ import copy
 import random
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +75,9 @@ def _loader(ctx: RunContext, env: DistEnv, clips: int, sampling: str, augment: s
 
     cfg = ctx.cfg
     return build_eval_loader(
-        str(ctx.data_dir), clips_per_sample=clips, sampling=sampling, frames=cfg.frames, crop=cfg.crop,
-        audio_seconds=cfg.audio_seconds, augment=augment, modalities=("video",), batch_size=cfg.batch_size,
-        device=str(env.device), seed=seed, rank=env.rank, world_size=env.world_size, shuffle=shuffle,
-        shuffle_buffer=shuffle_buffer, **cfg.loader.kwargs(),
+        str(ctx.data_dir), **cfg.loader_args(), clips_per_sample=clips, sampling=sampling, augment=augment,
+        modalities=("video",), batch_size=cfg.batch_size, device=str(env.device), seed=seed, rank=env.rank,
+        world_size=env.world_size, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
     )
 
 

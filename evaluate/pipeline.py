@@ -16,9 +16,10 @@ import platform
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import yaml
@@ -114,17 +115,14 @@ def extract_pass(encoders: Encoders, data_dir: Path, cfg: EvalConfig, pass_cfg: 
     modalities = tuple(sorted({m for m, _ in heads.values()}, key=["video", "audio"].index))
     loader = build_eval_loader(
         str(data_dir),
+        **cfg.loader_args(),
         clips_per_sample=pass_cfg.clips_per_sample,
         sampling=pass_cfg.sampling,
-        frames=cfg.frames,
-        crop=cfg.crop,
-        audio_seconds=cfg.audio_seconds,
         augment=pass_cfg.augment,
         modalities=modalities,
         batch_size=cfg.batch_size,
         device=cfg.device,
         seed=cfg.seed if seed is None else seed,
-        **cfg.loader.kwargs(),
     )
     return extract_features(encoders, loader, heads, chunk=cfg.feature_chunk, thumbnails=thumbnails)
 

@@ -17,9 +17,10 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,13 +28,11 @@ from nvidia.dali.backend import TensorCPU
 from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 
 from crisscross.config import Strict
-from crisscross.errors import UserError
 from crisscross.shards.augment import AudioAugment, AugmentConfig, LogMel, RecordedDraws, VideoAugment
+from crisscross.shards.dataset import Dataset, ShardError  # noqa: F401 (ShardError re-exported)
 from crisscross.shards.mjpeg_frames import FrameTables, Mp4Error, jpeg_frames
 from crisscross.shards.pipelines import (
     AUDIO_EXTS,
-    PLAN_DATA,
-    PLAN_META,
     READER_NAME,
     EvalGraphSpec,
     ReaderSpec,
@@ -42,6 +41,7 @@ from crisscross.shards.pipelines import (
     eval_graph,
     plan_graph,
     probe_gpu_video_decoder,
+    split_plan,
     work_graph,
 )
 from crisscross.shards.views import FALLBACK_PADDED, FALLBACK_SHRUNK, RELAXATION_MODES, VIEW_ALIGNMENTS, ViewGeometry
@@ -49,9 +49,60 @@ from crisscross.shards.views import FALLBACK_PADDED, FALLBACK_SHRUNK, RELAXATION
 STATE_VERSION = 1
 
 
-class ShardError(UserError, RuntimeError):
-    """A shard cannot be read (missing, truncated, corrupt); the message names it. A UserError:
-    the command line reports it in one line (exit code 2)."""
+# backbones.json "input" (train/export.py): the view keys per modality, rates included
+VIDEO_INPUT_KEYS = ("frames", "frame_stride", "crop", "fps")
+AUDIO_INPUT_KEYS = ("audio_seconds", "sample_rate", "n_mels", "n_fft", "hop", "logmel_mean", "logmel_std")
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """One view of a sample: window, frames, stride, crop, log-mel front end and augmentation.
+
+    The training loader (two views per sample) and the evaluation loader (K clips per sample)
+    take the same spec; the rates come from the shards (``Dataset.fps`` / ``sample_rate``), so
+    a spec is rate-free until ``geometry`` / ``mel`` apply them. ``to_input`` is its stored form
+    (backbones.json "input", what an exported encoder was trained on), ``from_input`` reads it back."""
+
+    frames: int = 8
+    frame_stride: int = 1  # shard frames between view frames
+    crop: int = 112
+    audio_seconds: float = 2.0
+    n_mels: int = 80
+    n_fft: int = 1024
+    hop: int = 160
+    logmel_mean: float = LogMel.mean
+    logmel_std: float = LogMel.std
+    video_aug: VideoAugment = field(default_factory=VideoAugment)
+    audio_aug: AudioAugment = field(default_factory=AudioAugment)
+
+    def geometry(self, fps: float, sample_rate: int) -> ViewGeometry:
+        return ViewGeometry(self.frames, self.frame_stride, self.audio_seconds, fps, sample_rate)
+
+    def mel(self, sample_rate: int) -> LogMel:
+        return LogMel(sample_rate, self.n_fft, self.hop, self.n_mels, mean=self.logmel_mean, std=self.logmel_std)
+
+    def with_augment(self, augment: str) -> ViewSpec:
+        """``none``: no augmentation; ``linear``: the linear-evaluation set (Tables S3/S4: no blur,
+        audio time warp); ``train``: as given (the pretraining set)."""
+        if augment == "none":
+            return replace(self, video_aug=VideoAugment.disabled(), audio_aug=AudioAugment.disabled())
+        if augment == "linear":
+            return replace(self, video_aug=VideoAugment(blur=False), audio_aug=AudioAugment(time_warp=True))
+        if augment == "train":
+            return self
+        raise ValueError(f"augment must be 'none' or 'linear', not {augment!r}")
+
+    def to_input(self, fps: float, sample_rate: int) -> dict[str, dict[str, Any]]:
+        """backbones.json "input": ``{"video": {frames, frame_stride, crop, fps}, "audio": {...}}``."""
+        values = dict(asdict(self), fps=float(fps), sample_rate=int(sample_rate))
+        return {"video": {k: values[k] for k in VIDEO_INPUT_KEYS}, "audio": {k: values[k] for k in AUDIO_INPUT_KEYS}}
+
+    @classmethod
+    def from_input(cls, spec: dict[str, dict[str, Any]], **augment: Any) -> ViewSpec:
+        """A spec from a backbones.json "input" (its rates are returned by ``input_rates``)."""
+        flat = {**spec["video"], **spec["audio"]}
+        return cls(**{k: flat[k] for k in (*VIDEO_INPUT_KEYS, *AUDIO_INPUT_KEYS) if k not in ("fps", "sample_rate")},
+                   **augment)
 
 
 @dataclass(frozen=True)
@@ -70,8 +121,10 @@ class LoaderConfig(Strict):
     frame_stride: int = 1  # shard frames between view frames (16 fps shards: 8 frames = 0.5 s)
     crop: int = 112
     audio_seconds: float = 2.0
-    fps: float = 16.0  # shard frame rate (the builder's default)
-    sample_rate: int = 16000
+    # The rates are the shards' own (dataset.json, shards.Dataset). Stating one is optional: a
+    # stated value the shards do not hold is refused rather than mis-timing every view.
+    fps: float | None = None
+    sample_rate: int | None = None
     n_mels: int = 80
     n_fft: int = 1024
     hop: int = 160
@@ -94,8 +147,8 @@ class LoaderConfig(Strict):
             raise ValueError(f"data.view_alignment must be one of {VIEW_ALIGNMENTS}, not {self.view_alignment!r}")
         if self.missing_components not in ("skip", "error"):
             raise ValueError("data.missing_components must be 'skip' or 'error'")
-        if self.frames < 1 or self.crop < 1 or self.audio_seconds * self.sample_rate < self.hop:
-            raise ValueError("data.frames, data.crop and data.audio_seconds must be positive (audio at least one hop)")
+        if self.frames < 1 or self.crop < 1 or not self.audio_seconds > 0:
+            raise ValueError("data.frames, data.crop and data.audio_seconds must be positive")
         # DALI takes int32 arguments: a 2^31 shuffle buffer would crash it without a message
         for key, (low, high) in {"shuffle_buffer": (1, 2**31 - 1), "prefetch": (0, 1024), "num_threads": (1, 4096),
                                  "frame_stride": (1, 4096), "n_mels": (1, 4096), "n_fft": (1, 1 << 20),
@@ -104,7 +157,7 @@ class LoaderConfig(Strict):
             if not low <= value <= high:
                 raise ValueError(f"data.{key} must be a number in [{low}, {high}], got {value!r}")
 
-    def require_shards(self) -> "LoaderConfig":
+    def require_shards(self) -> LoaderConfig:
         if not self.shards:
             raise ValueError("data config: 'shards' (the dataset directory) is required")
         return self
@@ -112,23 +165,45 @@ class LoaderConfig(Strict):
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def geometry(self) -> ViewGeometry:
-        return ViewGeometry(self.frames, self.frame_stride, self.audio_seconds, self.fps, self.sample_rate)
+    def view(self) -> ViewSpec:
+        """This config's view (the pretraining augmentations of ``augment``)."""
+        return ViewSpec(self.frames, self.frame_stride, self.crop, self.audio_seconds, self.n_mels, self.n_fft,
+                        self.hop, self.logmel_mean, self.logmel_std, self.augment.video, self.augment.audio)
 
-    def mel(self) -> LogMel:
-        return LogMel(self.sample_rate, self.n_fft, self.hop, self.n_mels, mean=self.logmel_mean, std=self.logmel_std)
+    def rates(self) -> tuple[float, int]:
+        """The shards' (fps, sample rate): from the dataset when ``shards`` is set, else the builder's defaults."""
+        if self.shards:
+            dataset = Dataset.open(self.shards)
+            return dataset.fps, dataset.sample_rate
+        from crisscross.shards import format as fmt
 
-    def graph_spec(self) -> TrainGraphSpec:
-        return TrainGraphSpec(
-            geometry=self.geometry(),
-            crop=self.crop,
-            relaxation=self.relaxation,
-            extreme_gap=self.extreme_gap,
-            view_alignment=self.view_alignment,
-            video_aug=self.augment.video,
-            audio_aug=self.augment.audio,
-            mel=self.mel(),
-        )
+        return float(fmt.DEFAULT_FPS), fmt.DEFAULT_SAMPLE_RATE
+
+    def graph_spec(self, fps: float | None = None, sample_rate: int | None = None) -> TrainGraphSpec:
+        """The training graph's spec at the given rates (default: the shards' own, ``rates()``)."""
+        if fps is None or sample_rate is None:
+            fps, sample_rate = self.rates()
+        if self.audio_seconds * sample_rate < self.hop:
+            raise ValueError(f"data.audio_seconds={self.audio_seconds} is shorter than one hop ({self.hop} samples "
+                             f"at {sample_rate} Hz)")
+        return train_graph_spec(self.view(), fps, sample_rate, relaxation=self.relaxation,
+                                extreme_gap=self.extreme_gap, view_alignment=self.view_alignment)
+
+
+def train_graph_spec(view: ViewSpec, fps: float, sample_rate: int, *, relaxation: str, extreme_gap: float,
+                     view_alignment: str) -> TrainGraphSpec:
+    """The training graph's spec: a view at the shards' rates plus how the two views are placed."""
+    return TrainGraphSpec(geometry=view.geometry(fps, sample_rate), crop=view.crop, relaxation=relaxation,
+                          extreme_gap=extreme_gap, view_alignment=view_alignment, video_aug=view.video_aug,
+                          audio_aug=view.audio_aug, mel=view.mel(sample_rate))
+
+
+def eval_graph_spec(view: ViewSpec, fps: float, sample_rate: int, *, clips: int, sampling: str,
+                    modalities: tuple[str, ...]) -> EvalGraphSpec:
+    """The evaluation graph's spec: a view at the shards' rates, K clips per sample."""
+    return EvalGraphSpec(clips=clips, sampling=sampling, geometry=view.geometry(fps, sample_rate), crop=view.crop,
+                         video="video" in modalities, audio="audio" in modalities, video_aug=view.video_aug,
+                         audio_aug=view.audio_aug, mel=view.mel(sample_rate))
 
 
 # ----------------------------------------------------------------------------- dataset files
@@ -136,24 +211,28 @@ class LoaderConfig(Strict):
 
 @dataclass(frozen=True)
 class ShardSet:
+    """The files a loader reads, with the dataset they belong to (shards.Dataset)."""
+
     tars: tuple[str, ...]
     indexes: tuple[str, ...] | None
-    manifest: dict[str, dict[str, Any]]  # key -> manifest row (empty when there is no manifest)
-    build: dict[str, Any] = field(default_factory=dict)  # dataset.json "build" parameters, if any
+    dataset: Dataset
 
-    def check_rates(self, fps: float, sample_rate: int) -> None:
-        """The view durations assume the shards' rates: refuse a mismatch instead of mis-timing."""
-        built_fps, built_rate = self.build.get("fps", fps), self.build.get("sample_rate", sample_rate)
-        if float(built_fps) != float(fps) or int(built_rate) != int(sample_rate):
-            raise ValueError(f"shards were built at {built_fps} fps / {built_rate} Hz but the loader is set to "
-                             f"{fps} fps / {sample_rate} Hz: set data.fps / data.sample_rate to match")
-        if self.audio_format not in AUDIO_EXTS:
-            raise ValueError(f"the loader reads audio as {sorted(AUDIO_EXTS)}; these shards hold {self.audio_format!r}")
+    @property
+    def manifest(self) -> dict[str, dict[str, Any]]:
+        """key -> manifest row (empty when there is no manifest)."""
+        return self.dataset.by_key()
 
     @property
     def audio_format(self) -> str:
         """pcm or flac (``--audio-format`` of the build); the DALI graphs read either."""
-        return str(self.build.get("audio_format", "pcm"))
+        return self.dataset.audio_format
+
+    def check_rates(self, fps: float | None = None, sample_rate: int | None = None) -> None:
+        """A stated rate must be the shards' own (the view durations assume them); the audio
+        format must be one the graphs read."""
+        self.dataset.check_rates(fps=fps, sample_rate=sample_rate, what="the loader config")
+        if self.audio_format not in AUDIO_EXTS:
+            raise ValueError(f"the loader reads audio as {sorted(AUDIO_EXTS)}; these shards hold {self.audio_format!r}")
 
 
 def _check_shard(tar: Path, idx: Path | None) -> None:
@@ -177,40 +256,18 @@ def _check_shard(tar: Path, idx: Path | None) -> None:
                 raise ShardError(f"shard {tar} is truncated: its index {idx.name} points past its end ({size} bytes)")
 
 
-def _read_manifest(directory: Path) -> dict[str, dict[str, Any]]:
-    path = directory / "manifest.parquet"
-    if not path.exists():
-        return {}
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    return {row["key"]: row for row in table.to_pylist()}
-
-
 def find_shards(directory: str | os.PathLike) -> ShardSet:
-    """All ``*.tar`` shards of a dataset directory (sorted), their ``.idx`` files and the manifest."""
-    root = Path(directory)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset directory {root} does not exist")
-    dataset_json = root / "dataset.json"
-    try:
-        dataset = json.loads(dataset_json.read_text(encoding="utf-8")) if dataset_json.exists() else {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ShardError(f"{dataset_json}: not valid JSON ({exc}); rerun `crisscross shards merge`") from None
-    if not isinstance(dataset, dict):
-        raise ShardError(f"{dataset_json}: not a dataset.json")
-    if dataset.get("shards"):  # the builder's own list: never a half-written leftover
-        tars = [root / name for name in dataset["shards"]]
-    else:
-        tars = sorted(p for p in root.glob("*.tar"))
+    """The dataset's ``*.tar`` shards (dataset.json's list, else sorted), their ``.idx`` files
+    when every shard has one, each checked for truncation; the dataset opened once (shards.Dataset)."""
+    dataset = Dataset.open(directory)
+    tars = list(dataset.shards)
     if not tars:
-        raise FileNotFoundError(f"no *.tar shards in {root}")
+        raise FileNotFoundError(f"no *.tar shards in {dataset.root}")
     idx = [t.with_suffix(".idx") for t in tars]
     have_idx = all(p.exists() for p in idx)
     for tar, index in zip(tars, idx):
         _check_shard(tar, index if have_idx else None)
-    return ShardSet(tuple(map(str, tars)), tuple(map(str, idx)) if have_idx else None, _read_manifest(root),
-                    dict(dataset.get("build", {})))
+    return ShardSet(tuple(map(str, tars)), tuple(map(str, idx)) if have_idx else None, dataset)
 
 
 def _keys_from_source_info(batch: np.ndarray) -> list[str]:
@@ -239,6 +296,19 @@ def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
     return out
 
 
+def dali_placement(device: str | torch.device) -> tuple[torch.device, str, int | None]:
+    """The one place a loader turns a device into DALI's terms: (torch device of the batches,
+    DALI device ``gpu``/``cpu``, GPU id). ``device`` goes through
+    ``crisscross.train.distributed.resolve_device`` (``auto``, ``cpu``, ``cuda`` = this process's
+    GPU, ``cuda:N``; never a guessed ``cuda:0``)."""
+    from crisscross.train.distributed import resolve_device
+
+    resolved = resolve_device(device)
+    if resolved.type == "cuda":
+        return resolved, "gpu", resolved.index
+    return resolved, "cpu", None
+
+
 # ----------------------------------------------------------------------------- training
 
 
@@ -250,11 +320,10 @@ class TrainLoader:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world of size {world_size}")
         self.config, self.batch_size, self.rank, self.world_size, self.seed = config, batch_size, rank, world_size, seed
-        self.device = torch.device(device)
-        self._dali_device = "gpu" if self.device.type == "cuda" else "cpu"
-        self._device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if self._dali_device == "gpu" else None
+        self.device, self._dali_device, self._device_id = dali_placement(device)
         self.shards = find_shards(config.shards)
         self.shards.check_rates(config.fps, config.sample_rate)
+        self.fps, self.sample_rate = self.shards.dataset.fps, self.shards.dataset.sample_rate
         self.reader_spec = ReaderSpec(
             paths=self.shards.tars,
             index_paths=self.shards.indexes,
@@ -265,7 +334,7 @@ class TrainLoader:
             missing_components=config.missing_components,
             audio_format=self.shards.audio_format,
         )
-        self.spec = config.graph_spec()
+        self.spec = config.graph_spec(self.fps, self.sample_rate)
         self._draws = RecordedDraws()
         self._frame_tables = FrameTables()
         self._work = self._build_work()
@@ -328,9 +397,10 @@ class TrainLoader:
         slice per frame). Each slice is wrapped in a DALI ``TensorCPU`` here (zero-copy):
         ``feed_input`` then skips its per-element type probing, which cost more than the
         slicing itself (measured: docs/scaling.md, "The loader's feeding thread")."""
-        video, frame_ids, wave1, wave2 = plan_outputs[: len(PLAN_DATA)]
-        info = plan_outputs[len(PLAN_DATA)].as_array()
-        frame_ids = frame_ids.as_array()
+        plan, draws = split_plan(plan_outputs)
+        video, wave1, wave2 = plan["video"], plan["wave1"], plan["wave2"]
+        info = plan["key"].as_array()
+        frame_ids = plan["frames"].as_array()
         per_frame: list[list[TensorCPU]] = [[None] * len(info) for _ in range(frame_ids.shape[1])]  # type: ignore[list-item]
         for b, row in enumerate(info):
             source = row.tobytes().rstrip(b"\0").decode("utf-8", "replace")
@@ -346,7 +416,6 @@ class TrainLoader:
             self._work.feed_input(f"jpeg{j}", jpegs)
         self._work.feed_input("wave1", wave1)
         self._work.feed_input("wave2", wave2)
-        draws = plan_outputs[len(PLAN_DATA) + len(PLAN_META) :]
         for name, batch in zip(self._draws.names(), draws):
             self._work.feed_input(name, batch)
         return info, per_frame
@@ -379,9 +448,10 @@ class TrainLoader:
         self.batch_in_epoch = 0
 
     def _to_batch(self, plan, work) -> dict[str, Any]:
-        key_info = plan[len(PLAN_DATA)].as_array()
-        times = torch.from_numpy(plan[len(PLAN_DATA) + 1].as_array().copy())
-        fallback = torch.from_numpy(plan[len(PLAN_DATA) + 2].as_array().astype(np.int32))
+        named, _ = split_plan(plan)
+        key_info = named["key"].as_array()
+        times = torch.from_numpy(named["times"].as_array().copy())
+        fallback = torch.from_numpy(named["fallback"].as_array().astype(np.int32))
         self._counts["samples"] += len(key_info)
         self._counts["batches"] += 1
         self._counts["fallback_shrunk"] += int((fallback == FALLBACK_SHRUNK).sum())
@@ -402,7 +472,9 @@ class TrainLoader:
         return dict(self._timing)
 
     def _fingerprint(self) -> str:
-        return json.dumps([asdict(self.config), self.batch_size, self.rank, self.world_size, self.seed], sort_keys=True, default=str)
+        # the rates as the shards hold them, as a config stated them before they came from the shards
+        config = dict(asdict(self.config), fps=float(self.fps), sample_rate=int(self.sample_rate))
+        return json.dumps([config, self.batch_size, self.rank, self.world_size, self.seed], sort_keys=True, default=str)
 
     def state_dict(self) -> dict[str, Any]:
         """Position after the last yielded batch: restoring it continues with the next batch."""
@@ -475,15 +547,11 @@ class EvalLoader:
 
     def __init__(self, spec: EvalGraphSpec, shards: ShardSet, *, batch_size: int, device: str, seed: int, num_threads: int,
                  rank: int = 0, world_size: int = 1, shuffle: bool = False, shuffle_buffer: int = 256):
-        from crisscross.train.distributed import resolve_device
-
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world of size {world_size}")
         self.spec, self.shards, self.batch_size = spec, shards, batch_size
         self.rank, self.world_size = rank, world_size
-        self.device = resolve_device(device)  # cuda -> this process's GPU (LOCAL_RANK), never a guessed cuda:0
-        dali_device = "gpu" if self.device.type == "cuda" else "cpu"
-        device_id = self.device.index if dali_device == "gpu" else None
+        self.device, dali_device, device_id = dali_placement(device)
         reader = ReaderSpec(paths=shards.tars, index_paths=shards.indexes, shard_id=rank, num_shards=world_size,
                             shuffle=shuffle, shuffle_buffer=shuffle_buffer, audio_format=shards.audio_format)
 
@@ -536,11 +604,9 @@ class EvalLoader:
 def build_eval_loader(
     shards_dir: str | os.PathLike,
     *,
+    view: ViewSpec | None = None,
     clips_per_sample: int = 10,
     sampling: str = "uniform",
-    frames: int = 8,
-    crop: int = 112,
-    audio_seconds: float = 2.0,
     augment: str = "none",
     modalities: tuple[str, ...] = ("video", "audio"),
     batch_size: int = 8,
@@ -550,43 +616,28 @@ def build_eval_loader(
     world_size: int = 1,
     shuffle: bool = False,
     shuffle_buffer: int = 256,
-    frame_stride: int = 1,
     num_threads: int = 2,
-    fps: float = 16.0,
-    sample_rate: int = 16000,
-    n_mels: int = 80,
-    n_fft: int = 1024,
-    hop: int = 160,
-    logmel_mean: float = LogMel.mean,
-    logmel_std: float = LogMel.std,
+    fps: float | None = None,
+    sample_rate: int | None = None,
+    **view_fields: Any,
 ) -> EvalLoader:
     """Evaluation loader: yields ``{"video": [B,K,3,T,crop,crop], "audio": [B,K,1,n_mels,F], "key",
-    "label", "label_index"}`` (a modality absent when not requested). ``augment="linear"`` applies
-    the linear-evaluation augmentations (Tables S3/S4: no blur; audio with time warp). Rank ``rank``
-    of ``world_size`` reads its own 1/W of the samples (``rank_part``); ``device`` goes through
-    ``crisscross.train.distributed.resolve_device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``)."""
+    "label", "label_index"}`` (a modality absent when not requested). ``view``: the clips' window,
+    crop and front end (a ``ViewSpec``; or its fields as keyword arguments, ``frames=8, crop=112``);
+    ``augment="linear"`` applies the linear-evaluation augmentations (Tables S3/S4: no blur; audio
+    with time warp). ``fps`` / ``sample_rate``: rates the encoder was trained at, checked against
+    the shards' own (which the loader uses). Rank ``rank`` of ``world_size`` reads its own 1/W of
+    the samples (``rank_part``); ``device`` goes through ``crisscross.train.distributed.resolve_device``
+    (``auto``, ``cpu``, ``cuda``, ``cuda:N``)."""
     unknown = set(modalities) - {"video", "audio"}
     if unknown or not modalities:
         raise ValueError(f"modalities must be a non-empty subset of ('video', 'audio'), got {modalities}")
-    if augment == "none":
-        video_aug, audio_aug = VideoAugment.disabled(), AudioAugment.disabled()
-    elif augment == "linear":
-        video_aug, audio_aug = VideoAugment(blur=False), AudioAugment(time_warp=True)
-    else:
-        raise ValueError(f"augment must be 'none' or 'linear', not {augment!r}")
-    spec = EvalGraphSpec(
-        clips=clips_per_sample,
-        sampling=sampling,
-        geometry=ViewGeometry(frames, frame_stride, audio_seconds, fps, sample_rate),
-        crop=crop,
-        video="video" in modalities,
-        audio="audio" in modalities,
-        video_aug=video_aug,
-        audio_aug=audio_aug,
-        mel=LogMel(sample_rate, n_fft, hop, n_mels, mean=logmel_mean, std=logmel_std),
-    )
+    if view is not None and view_fields:
+        raise TypeError(f"give a view or its fields, not both ({sorted(view_fields)})")
+    view = (view or ViewSpec(**view_fields)).with_augment(augment)
     shards = find_shards(shards_dir)
-    shards.check_rates(fps, sample_rate)
+    shards.check_rates(fps, sample_rate)  # a stated rate (the encoder's training input) must be the shards'
+    spec = eval_graph_spec(view, shards.dataset.fps, shards.dataset.sample_rate, clips=clips_per_sample,
+                           sampling=sampling, modalities=tuple(modalities))
     return EvalLoader(spec, shards, batch_size=batch_size, device=device, seed=seed, num_threads=num_threads,
                       rank=rank, world_size=world_size, shuffle=shuffle, shuffle_buffer=shuffle_buffer)
-

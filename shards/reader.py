@@ -1,6 +1,7 @@
 """Plain-Python shard reader (no DALI): for inspect, verify, tests and small tools.
 
-``read_dataset(dir)`` returns the dataset-level files; ``iter_samples(dir)`` yields decoded
+``read_dataset(dir)`` returns the dataset-level files (opened by ``shards.dataset.Dataset``, the one
+reader of dataset.json and the parquet files); ``iter_samples(dir)`` yields decoded
 samples in shard order. Training and evaluation read shards through DALI instead (loader.py).
 """
 
@@ -16,10 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from crisscross.shards import format as fmt
-
-DATASET_JSON = "dataset.json"
-MANIFEST = "manifest.parquet"
-ERRORS = "errors.parquet"
+from crisscross.shards.dataset import DATASET_JSON, ERRORS, MANIFEST  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -47,32 +45,12 @@ class Sample:
         return float(self.index[name])
 
 
-def _read_parquet(path: Path) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    if not path.exists():
-        return []
-    try:
-        return pq.read_table(path).to_pylist()
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
-        raise ValueError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})") from None
-
-
 def read_dataset(root: str | Path) -> DatasetInfo:
-    root = Path(root)
-    meta_path = root / DATASET_JSON
-    if not meta_path.exists():
-        raise FileNotFoundError(f"{meta_path} missing: not a finished dataset (run `crisscross shards merge`?)")
-    try:
-        dataset = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{meta_path}: not valid JSON ({exc}); rerun `crisscross shards merge`") from None
-    if not isinstance(dataset, dict) or not isinstance(dataset.get("shards"), list):
-        raise ValueError(f"{meta_path}: not a dataset.json (no list of shards)")
-    if dataset.get("format_version") != fmt.FORMAT_VERSION:
-        raise ValueError(f"{root}: format version {dataset.get('format_version')}, this reader reads {fmt.FORMAT_VERSION}")
-    shards = [root / name for name in dataset["shards"]]
-    return DatasetInfo(root, dataset, shards, _read_parquet(root / MANIFEST), _read_parquet(root / ERRORS))
+    """A finished dataset's files (shards.Dataset: format version checked, each problem one line)."""
+    from crisscross.shards.dataset import Dataset
+
+    dataset = Dataset.open(root, finished=True)
+    return DatasetInfo(dataset.root, dataset.info, list(dataset.shards), dataset.rows, dataset.errors)
 
 
 def iter_raw(tar_path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:

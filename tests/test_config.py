@@ -4,7 +4,6 @@ refuses a typo, a wrong type or a bad value before any work starts; the strict l
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import pytest
 import yaml
@@ -116,7 +115,7 @@ class Inner:
 @dataclass
 class Outer:
     name: str = "x"
-    count: Optional[int] = None
+    count: int | None = None
     inner: Inner = field(default_factory=Inner)
     items: list[int] = field(default_factory=lambda: [1])
 

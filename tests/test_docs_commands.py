@@ -20,7 +20,6 @@ tests/test_readme_cli.py's job.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import re
 import shlex
 from functools import cache

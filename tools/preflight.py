@@ -6,75 +6,33 @@ label-less manifest or a finetuning schedule of zero steps is refused in a secon
 that says what the data holds and what the command needs, instead of a DALI assertion ("input
 samples: 0") or a traceback after minutes of feature extraction.
 
-Only ``dataset.json`` and ``manifest.parquet`` are read (pyarrow); nothing here imports DALI.
+The dataset is opened once by ``crisscross.shards.Dataset`` (dataset.json, manifest.parquet;
+pyarrow); nothing here imports DALI.
 """
 
 from __future__ import annotations
 
-import json
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from crisscross.errors import UserError
+from crisscross.shards.dataset import Dataset
 
 AUDIO_FORMATS = ("pcm", "flac")  # what shards/pipelines.py reads
-LETTERS = {"video": "v", "audio": "a"}
 
 
-@dataclass
-class DatasetFacts:
-    """What a shard dataset holds, from its dataset.json and manifest.parquet."""
-
-    path: Path
-    build: dict[str, Any] = field(default_factory=dict)
-    rows: list[dict[str, Any]] = field(default_factory=list)  # manifest rows ([] without a manifest)
-    has_manifest: bool = False
-
-    @property
-    def audio_format(self) -> str:
-        return str(self.build.get("audio_format", "pcm"))
-
-    def modality_counts(self) -> Counter:
-        return Counter(str(r.get("modalities") or "av") for r in self.rows)
-
-    def count_with(self, needs: tuple[str, ...]) -> int:
-        """Samples holding every modality in ``needs``."""
-        return sum(all(LETTERS[m] in str(r.get("modalities") or "av") for m in needs) for r in self.rows)
-
-    def describe(self) -> str:
-        """e.g. "120 samples (av 100, audio-only 20); 10 labels; splits none; folds 1-5"."""
-        names = {"av": "video+audio", "v": "video-only", "a": "audio-only"}
-        mods = ", ".join(f"{names.get(k, k)} {n}" for k, n in sorted(self.modality_counts().items()))
-        labels = {str(r.get("label") or "") for r in self.rows} - {"", "None"}
-        splits = sorted({str(r.get("split")) for r in self.rows})
-        folds = sorted({int(r.get("fold", -1)) for r in self.rows} - {-1})
-        text = f"{len(self.rows)} samples ({mods or 'none'}); {len(labels)} labels; splits {'/'.join(splits) or '-'}"
-        return text + (f"; folds {folds}" if folds else "")
+DatasetFacts = Dataset  # what a shard dataset holds (shards.Dataset)
 
 
-def read_facts(data_dir: str | Path, *, need_manifest: bool) -> DatasetFacts:
-    """Read a dataset's facts; refuse a missing folder, an unfinished build or an unreadable format."""
-    path = Path(data_dir)
-    if not path.is_dir():
-        raise UserError(f"shard dataset {path} does not exist (build one with `crisscross shards build INPUT --out {path}`)")
-    info = path / "dataset.json"
-    if not info.exists() and (path / "_plan.json").exists():
-        raise UserError(f"{path} is an unfinished build (no dataset.json): rerun the same `crisscross shards build` "
-                        "command to complete it, or `crisscross shards merge` after a job array")
-    dataset = json.loads(info.read_text(encoding="utf-8")) if info.exists() else {}
-    facts = DatasetFacts(path, dict(dataset.get("build") or {}))
-    manifest = path / "manifest.parquet"
-    if manifest.exists():
-        import pyarrow.parquet as pq
-
-        facts.rows = pq.read_table(manifest).to_pylist()
-        facts.has_manifest = True
-    elif need_manifest:
-        raise UserError(f"{manifest} missing: is {path} a shard dataset built by `crisscross shards build`?")
+def read_facts(data_dir: str | Path, *, need_manifest: bool) -> Dataset:
+    """Open a dataset (shards.Dataset); refuse a missing folder, an unfinished build, a format
+    version or an audio format the loaders do not read."""
+    try:
+        facts = Dataset.open(data_dir, need_manifest=need_manifest)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
     if facts.audio_format not in AUDIO_FORMATS:
-        raise UserError(f"{path} holds audio as {facts.audio_format!r}; the loaders read {AUDIO_FORMATS}")
+        raise UserError(f"{facts.root} holds audio as {facts.audio_format!r}; the loaders read {AUDIO_FORMATS}")
     return facts
 
 
@@ -90,17 +48,17 @@ def check_pretrain(config: dict[str, Any], world_size: int) -> None:
         return
     usable = facts.count_with(("video", "audio"))
     if usable == 0:
-        raise UserError(f"{facts.path} holds {facts.describe()}; pretraining needs samples with both video and audio "
+        raise UserError(f"{facts.root} holds {facts.describe()}; pretraining needs samples with both video and audio "
                         "(the training loader reads both streams of every sample): rebuild from sources with both streams "
                         "(`shards build --require av` keeps only those)")
     if data.get("missing_components", "skip") == "error" and usable < len(facts.rows):
-        raise UserError(f"{facts.path} holds {facts.describe()}, and data.missing_components=error stops at the first "
+        raise UserError(f"{facts.root} holds {facts.describe()}, and data.missing_components=error stops at the first "
                         "sample lacking video or audio: set data.missing_components=skip to train on the "
                         f"{usable} video+audio samples")
     global_batch = int(config["optim"]["batch_size"])
     per_rank = global_batch // max(world_size, 1)
     if usable // world_size < per_rank:
-        raise UserError(f"{facts.path} holds {usable} video+audio samples: {usable // world_size} per rank over "
+        raise UserError(f"{facts.root} holds {usable} video+audio samples: {usable // world_size} per rank over "
                         f"{world_size} rank(s), fewer than one batch of {per_rank} per rank "
                         f"(optim.batch_size={global_batch}): lower optim.batch_size or use more data")
 
@@ -125,7 +83,7 @@ def check_eval(evaluator: str, checkpoint: str, data_dir: str | Path, cfg: Any) 
         raise UserError(f"checkpoint not found: {checkpoint} (an export dir, a trainer checkpoint file, or 'random')")
     facts = read_facts(data_dir, need_manifest=True)
     if not facts.rows:
-        raise UserError(f"{facts.path}/manifest.parquet lists no samples")
+        raise UserError(f"{facts.root}/manifest.parquet lists no samples")
     needs = eval_needs(evaluator, cfg)
     if not needs:
         raise UserError("retrieval.directions is empty: nothing to evaluate")
@@ -135,10 +93,10 @@ def check_eval(evaluator: str, checkpoint: str, data_dir: str | Path, cfg: Any) 
         other = "audio" if needs == ("video",) else "video"
         hint = (f" (--set modality={other}: {facts.count_with((other,))} samples hold {other})"
                 if evaluator == "linear" and facts.count_with((other,)) else "")
-        raise UserError(f"{facts.path} holds {facts.describe()}; eval {evaluator} needs samples with {what}{hint}")
+        raise UserError(f"{facts.root} holds {facts.describe()}; eval {evaluator} needs samples with {what}{hint}")
     labelled = [r for r in facts.rows if str(r.get("label") or "") not in ("", "None") or int(r.get("label_index", -1)) >= 0]
     if not labelled:
-        raise UserError(f"{facts.path} has no labels ({facts.describe()}): eval {evaluator} needs labelled samples; "
+        raise UserError(f"{facts.root} has no labels ({facts.describe()}): eval {evaluator} needs labelled samples; "
                         "build the shards from a dataset layout (--format) or a manifest with a label column")
     parts = _partitions(facts, cfg, needs)
     if evaluator in ("linear", "fusion", "finetune"):
@@ -162,20 +120,20 @@ def _partitions(facts: DatasetFacts, cfg: Any, needs: tuple[str, ...]) -> list:
     from crisscross.evaluate.pipeline import _split_name, partitions
 
     try:
-        parts = partitions(read_manifest(facts.path), cfg, _split_name(facts.path), needs)
+        parts = partitions(read_manifest(facts.root), cfg, _split_name(facts.root), needs)
     except ValueError as exc:
-        raise UserError(f"{exc} ({facts.path} holds {facts.describe()})") from exc
+        raise UserError(f"{exc} ({facts.root} holds {facts.describe()})") from exc
     for part in parts:
         if not part.train_keys or not part.test_keys:
             raise UserError(f"partition {part.name} has {len(part.train_keys)} training and {len(part.test_keys)} "
                             f"test samples with {'+'.join(needs)} and a label; both must be non-empty "
-                            f"({facts.path} holds {facts.describe()})")
+                            f"({facts.root} holds {facts.describe()})")
     return parts
 
 
 def finetune_steps_per_epoch(train_samples: int, clips_per_sample: int, batch_size: int) -> int:
     """Optimizer steps of one finetuning epoch: every training clip once, in full batches
-    (evaluate/finetune.py ``shuffled_batches`` drops the last partial batch)."""
+    (evaluate/finetune.py ``clip_batches`` drops the last partial batch)."""
     return (train_samples * clips_per_sample) // batch_size
 
 

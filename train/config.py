@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -55,12 +55,12 @@ class RunConfig:
     dir: str = "runs/crisscross"
     seed: int = 0
     epochs: int = 100
-    epoch_size: Optional[int] = None   # samples per epoch (Table S10 "es"); null = one pass over the shards
-    max_steps: Optional[int] = None    # stop early after this many optimizer steps (schedule unchanged)
+    epoch_size: int | None = None   # samples per epoch (Table S10 "es"); null = one pass over the shards
+    max_steps: int | None = None    # stop early after this many optimizer steps (schedule unchanged)
     loader: str = "dali"               # dali (crisscross.shards.loader) | synthetic (deterministic tensors)
     device: str = "auto"               # auto | cpu | cuda
     precision: str = "bf16"            # bf16 | fp16 (with GradScaler) | fp32
-    num_threads: Optional[int] = None  # torch intra-op threads per process; null = torch's default
+    num_threads: int | None = None  # torch intra-op threads per process; null = torch's default
     sync_bn: bool = True               # convert BatchNorm to SyncBatchNorm under DDP on GPUs
     channels_last: bool = False        # channels_last_3d memory format for the video branch (GPU)
     compile: bool = False              # torch.compile the model
@@ -68,11 +68,11 @@ class RunConfig:
     log_every: int = 10                # steps between console/TensorBoard/JSONL records
     checkpoint_every: int = 500        # steps between checkpoints (plus one at the end and on SIGTERM)
     keep_checkpoints: int = 3          # newest checkpoints kept; older ones are deleted ...
-    keep_every: Optional[int] = None   # ... except steps that are multiples of this (milestones)
+    keep_every: int | None = None   # ... except steps that are multiples of this (milestones)
     progress: bool = True              # tqdm bar on rank 0
     tensorboard: bool = True
     export: bool = True                # write safetensors backbones to <dir>/export at the end
-    init_from: Optional[str] = None    # export dir (e.g. crisscross weights import) whose backbones start the run; not a resume
+    init_from: str | None = None    # export dir (e.g. crisscross weights import) whose backbones start the run; not a resume
     init_objective: bool = False       # with init_from a run dir: its whole model and objective state (AVID -> CMA; docs/methods.md)
 
     def __post_init__(self) -> None:

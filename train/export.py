@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -26,35 +25,46 @@ from crisscross.train.models import ModelConfig, build_audio_encoder, build_vide
 
 EXPORT_FORMAT = 2  # 2: backbones.json has "input"; format 1 (no "input") is still read
 
-# The encoder's input, as the training data config (crisscross.shards.loader.LoaderConfig) names it
-VIDEO_INPUT_KEYS = ("frames", "frame_stride", "crop", "fps")
-AUDIO_INPUT_KEYS = ("audio_seconds", "sample_rate", "n_mels", "n_fft", "hop", "logmel_mean", "logmel_std")
-
-
 def default_encoder_input() -> dict[str, dict[str, Any]]:
-    """The data config's defaults (what a run that sets none of these keys trains on)."""
-    from crisscross.shards.loader import LoaderConfig
+    """The default view at the builder's default rates (what a run that sets none of the view keys trains on)."""
+    from crisscross.shards import format as fmt
+    from crisscross.shards.loader import ViewSpec
 
-    defaults = {f.name: f.default for f in fields(LoaderConfig)}
-    return {"video": {k: defaults[k] for k in VIDEO_INPUT_KEYS}, "audio": {k: defaults[k] for k in AUDIO_INPUT_KEYS}}
+    return ViewSpec().to_input(float(fmt.DEFAULT_FPS), fmt.DEFAULT_SAMPLE_RATE)
 
 
 def encoder_input(train_config: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """``{"video": {...}, "audio": {...}}``: the input of a training config (its ``data`` section,
-    or its ``synthetic`` section for ``run.loader: synthetic``), the data defaults filling the rest."""
-    spec = default_encoder_input()
+    """``{"video": {...}, "audio": {...}}``: the view of a training config (``ViewSpec.to_input`` of
+    its ``data`` section at its shards' rates, or its ``synthetic`` section for ``run.loader:
+    synthetic``), the defaults filling the rest."""
+    from crisscross.shards.loader import LoaderConfig
+
     config = dict(train_config or {})
     if (config.get("run") or {}).get("loader") == "synthetic":
+        spec = default_encoder_input()
         synthetic = config.get("synthetic") or {}
         audio = spec["audio"]
         values = {"frames": synthetic.get("frames"), "crop": synthetic.get("crop"), "n_mels": synthetic.get("mel_bins")}
         if synthetic.get("audio_frames") is not None:
             values["audio_seconds"] = float(synthetic["audio_frames"]) * audio["hop"] / audio["sample_rate"]
-    else:
-        values = dict(config.get("data") or {})
-    for part in spec.values():
-        part.update({k: values[k] for k in part if values.get(k) is not None})
-    return spec
+        for part in spec.values():
+            part.update({k: values[k] for k in part if values.get(k) is not None})
+        return spec
+    data = LoaderConfig.from_dict(config.get("data") or {})
+    fps, sample_rate = default_encoder_input()["video"]["fps"], default_encoder_input()["audio"]["sample_rate"]
+    rates = _shard_rates(data.shards) if data.shards else {}
+    return data.view().to_input(data.fps or rates.get("fps", fps), data.sample_rate or rates.get("sample_rate", sample_rate))
+
+
+def _shard_rates(shards: str) -> dict[str, Any]:
+    """The rates the run trained at: the shards' own (shards.Dataset)."""
+    from crisscross.shards.dataset import Dataset
+
+    try:
+        dataset = Dataset.open(shards)
+    except (OSError, ValueError, RuntimeError):  # shards gone since training: the defaults stand
+        return {}
+    return {"fps": dataset.fps, "sample_rate": dataset.sample_rate}
 
 
 def _save_safetensors(module: nn.Module, path: Path) -> None:
@@ -115,6 +125,8 @@ def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torc
 
 def _checked_input(spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """An ``input`` with exactly the known keys per modality (a typo must not reach the evaluators)."""
+    from crisscross.shards.loader import AUDIO_INPUT_KEYS, VIDEO_INPUT_KEYS
+
     known = {"video": VIDEO_INPUT_KEYS, "audio": AUDIO_INPUT_KEYS}
     if set(spec) != set(known):
         raise ValueError(f"input spec needs exactly the sections {sorted(known)}, got {sorted(spec)}")

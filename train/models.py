@@ -51,6 +51,18 @@ VIDEO_TEMPORAL_POOLS = ("encoder", "transformer")
 # the paper dimensions of the other methods' heads when model.head_dims is empty
 DEFAULT_HEAD_DIMS = {"avid_mlp": [512, 512, 128], "gdt_mlp": [512, 256]}
 
+# The training batch's views (shards/loader.py) and the branch each goes through: routed by
+# name, so a view named otherwise is an error instead of landing in the audio branch.
+VIEW_MODALITY: dict[str, str] = {"v1": "video", "v2": "video", "a1": "audio", "a2": "audio"}
+
+
+def view_modality(name: str) -> str:
+    """``video`` or ``audio`` for a batch view name (``v1``, ``v2``, ``a1``, ``a2``)."""
+    try:
+        return VIEW_MODALITY[name]
+    except KeyError:
+        raise KeyError(f"unknown view {name!r}; the loader's views are {sorted(VIEW_MODALITY)}") from None
+
 
 @dataclass
 class ModelConfig:
@@ -419,7 +431,7 @@ class CrissCrossModel(nn.Module):
     def forward(self, views: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         # each view goes through its branch separately, as in SimSiam and the official code, so
         # that batch statistics are per view
-        return {name: (self.video if name[0] == "v" else self.audio)(x) for name, x in views.items()}
+        return {name: (self.video if view_modality(name) == "video" else self.audio)(x) for name, x in views.items()}
 
 
 # ------------------------------------------------------------------ the other seed systems' model
@@ -467,7 +479,7 @@ class ContrastiveModel(nn.Module):
     def forward(self, views: dict[str, torch.Tensor], crop_seed: int | None = None) -> dict[str, dict[str, Any]]:
         out = {}
         for position, (name, x) in enumerate(sorted(views.items())):
-            if name[0] != "v":
+            if view_modality(name) != "video":
                 out[name] = self.audio(x)
                 continue
             boxes = None

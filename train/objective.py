@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from crisscross.train.models import view_modality
 from crisscross.train.objectives.avid import AVIDConfig, CMAConfig
 from crisscross.train.objectives.contrastive import STiCAConfig, SvaCLRConfig
 
@@ -126,7 +127,7 @@ class ObjectiveConfig:
 
     @property
     def modalities(self) -> list[str]:
-        return sorted({"video" if v[0] == "v" else "audio" for v in self.views}, reverse=True)
+        return sorted({view_modality(v) for v in self.views}, reverse=True)
 
 
 class CrissCrossObjective:

@@ -39,7 +39,7 @@ from crisscross.train.distributed import (
 )
 from crisscross.train.export import save_backbones
 from crisscross.train.methods import init_from_run, model_kwargs, objective_state, projection, step_context
-from crisscross.train.models import ModelConfig
+from crisscross.train.models import ModelConfig, view_modality
 from crisscross.train.models import build_model as build_network
 from crisscross.train.objective import CrissCrossObjective, ObjectiveConfig, collapse_std  # noqa: F401 (tests patch it)
 from crisscross.train.objectives.base import StepContext
@@ -142,10 +142,10 @@ def train_step(model: nn.Module, objective: Any, optimizer: Any, scaler: torch.a
 
 
 def model_views(batch: dict[str, Any], names: tuple[str, ...] | list[str], *, channels_last: bool) -> dict[str, Any]:
-    """The views the objective uses, video views (``v*``) in channels_last_3d when asked."""
+    """The views the objective uses, video views in channels_last_3d when asked."""
     views = {name: batch[name] for name in names}
     if channels_last:
-        views = {k: v.contiguous(memory_format=torch.channels_last_3d) if k[0] == "v" else v
+        views = {k: v.contiguous(memory_format=torch.channels_last_3d) if view_modality(k) == "video" else v
                  for k, v in views.items()}
     return views
 
