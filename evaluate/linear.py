@@ -63,7 +63,7 @@ class FeatureSet:
     def clip_labels(self) -> np.ndarray:
         return np.repeat(self.labels, self.features.shape[1])
 
-    def subset(self, rows: np.ndarray) -> "FeatureSet":
+    def subset(self, rows: np.ndarray) -> FeatureSet:
         return FeatureSet(
             keys=[self.keys[i] for i in rows],
             features=self.features[rows],

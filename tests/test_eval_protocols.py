@@ -13,7 +13,6 @@ from crisscross.evaluate.plots import retrieval_grid, tsne_map
 from crisscross.evaluate.report import ResultRow, collect_report, find_results, read_results, write_results
 from crisscross.evaluate.retrieval import nearest_neighbours, recall_at_k, sample_means
 
-
 # ---------------------------------------------------------------- retrieval, computed by hand
 # gallery (class):  g0=[1,0] (A)   g1=[0,1] (B)   g2=[1,1] (B)   g3=[-5,0] (A)
 # queries, with their neighbours by cosine angle worked out on paper:

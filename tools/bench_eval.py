@@ -78,7 +78,7 @@ def _svm_sweep(data: Path, jobs: int) -> dict[str, float]:
     """The linear-audio classifier step twice on the same ESC-10 features: parallel vs serial sweep."""
     from crisscross.evaluate.config import load_config
     from crisscross.evaluate.features import POOLINGS
-    from crisscross.evaluate.linear import SVMConfig, linear_svm
+    from crisscross.evaluate.linear import linear_svm
     from crisscross.evaluate.pipeline import extract_pass, feature_set, label_indices, open_run
 
     cfg = load_config("esc50_2s", ["model=tiny", "folds=[1]", "train_pass.clips_per_sample=2",

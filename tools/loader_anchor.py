@@ -39,8 +39,9 @@ import contextlib
 import os
 import random
 import time
+from collections.abc import Iterator
 from fractions import Fraction
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -104,7 +105,6 @@ def decode_audio(container, start: float) -> np.ndarray:
     """The 3 s window, resampled frame by frame to 16 kHz mono int16, as float64 in [-1, 1]."""
     import av
 
-    stream = container.streams.audio[0]
     resampler = av.AudioResampler(format="s16p", layout="mono", rate=SAMPLE_RATE)
     end = start + WINDOW_SECONDS[1]
     container.seek(int(start * av.time_base))
@@ -384,9 +384,9 @@ def stage_profile(paths: list[str], limits: list, *, clips: int = 16, seed: int 
 
 if __name__ == "__main__":  # pragma: no cover - a quick look: python -m crisscross.tools.loader_anchor DIR
     import sys
+    from pathlib import Path
 
     from crisscross.tools.bench_loader import _source_paths
-    from pathlib import Path
 
     found = _source_paths(Path(sys.argv[1]) / "manifest.csv")
     lims = source_limits(found)
