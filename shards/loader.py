@@ -30,6 +30,7 @@ from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 from crisscross.config import Strict
 from crisscross.shards.augment import AudioAugment, AugmentConfig, LogMel, RecordedDraws, VideoAugment
 from crisscross.shards.dataset import Dataset, ShardError  # noqa: F401 (ShardError re-exported)
+from crisscross.shards.bad_samples import DEFAULT_MAX_BAD_FRACTION, BadSample, BadSampleTracker
 from crisscross.shards.mjpeg_frames import FrameTables, Mp4Error, jpeg_frames
 from crisscross.shards.pipelines import (
     AUDIO_EXTS,
@@ -105,6 +106,11 @@ class ViewSpec:
                    **augment)
 
 
+class BadSampleLimitError(ShardError):
+    """More bad samples than ``data.max_bad_fraction`` allows (shards/bad_samples.py); the message
+    names their keys and shards. The trainer saves a checkpoint before it stops with this error."""
+
+
 @dataclass(frozen=True)
 class LoaderConfig(Strict):
     """The ``data`` section of a training config (typed and checked by ``crisscross.config``)."""
@@ -136,6 +142,9 @@ class LoaderConfig(Strict):
     shuffle_buffer: int = 256
     prefetch: int = 2
     missing_components: str = "skip"  # skip: samples lacking video or audio are dropped; or error
+    # bad samples (undecodable, or index and payload disagree) are skipped, replaced within the
+    # batch and counted up to this fraction of the samples seen (shards/bad_samples.py); 0 = strict
+    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION
 
     def __post_init__(self) -> None:
         self.validate()
@@ -145,6 +154,9 @@ class LoaderConfig(Strict):
             raise ValueError(f"data.relaxation must be one of {RELAXATION_MODES}, not {self.relaxation!r}")
         if self.view_alignment not in VIEW_ALIGNMENTS:
             raise ValueError(f"data.view_alignment must be one of {VIEW_ALIGNMENTS}, not {self.view_alignment!r}")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"data.max_bad_fraction must be in [0, 1] (0 = stop at the first bad sample), "
+                             f"got {self.max_bad_fraction!r}")
         if self.missing_components not in ("skip", "error"):
             raise ValueError("data.missing_components must be 'skip' or 'error'")
         if self.frames < 1 or self.crop < 1 or not self.audio_seconds > 0:
@@ -263,6 +275,9 @@ def find_shards(directory: str | os.PathLike) -> ShardSet:
     tars = list(dataset.shards)
     if not tars:
         raise FileNotFoundError(f"no *.tar shards in {dataset.root}")
+    missing = [str(t) for t in tars if not t.is_file()]
+    if missing:  # all of them at once, before any work: a partial copy is fixed in one go
+        raise ShardError(f"{len(missing)} of {len(tars)} shards of {dataset.root} do not exist: {missing}")
     idx = [t.with_suffix(".idx") for t in tars]
     have_idx = all(p.exists() for p in idx)
     for tar, index in zip(tars, idx):
@@ -346,7 +361,11 @@ class TrainLoader:
         if self._batches_per_epoch == 0:
             raise ValueError(f"{num_samples} samples over {world_size} ranks cannot fill one batch of {batch_size}")
         self.epoch, self.batch_in_epoch = 0, 0
-        self._counts = {"samples": 0, "batches": 0, "fallback_shrunk": 0, "fallback_padded": 0}
+        self._counts = {"samples": 0, "batches": 0, "fallback_shrunk": 0, "fallback_padded": 0, "bad_samples": 0}
+        self.bad_samples = BadSampleTracker(config.max_bad_fraction, num_samples // world_size)
+        # "raise": BadSampleLimitError past the bound; "flag": the batch carries the message in
+        # "data_error" instead (the trainer: every rank agrees, a checkpoint is written, then it stops)
+        self.limit_action = "raise"
         self._timing = {"batches": 0, "plan_s": 0.0, "feed_s": 0.0, "work_s": 0.0, "to_batch_s": 0.0}
 
     # -- pipelines
@@ -378,19 +397,65 @@ class TrainLoader:
         """Feed the plan's batch to the work pipeline and run it (the run is timed apart from the
         feeding, which is this thread's own Python work: see ``timing()``)."""
         started = time.perf_counter()
-        info, fed_jpegs = self._feed_work(plan_outputs)  # fed_jpegs: kept alive until the run is done
+        info, fed_jpegs, mapping = self._feed_work(plan_outputs)  # fed_jpegs: kept alive until the run is done
         fed = time.perf_counter()
         try:
             outputs = self._work.run()
         except RuntimeError as exc:
-            keys = _keys_from_source_info(info)
-            raise ShardError(f"decoding samples {keys} from shard(s) {_shards_of(info)} failed: {exc}") from exc
+            outputs, mapping = self._decode_around_bad(plan_outputs, info, fed_jpegs, mapping, exc)
         self._timing["feed_s"] += fed - started
         self._timing["work_s"] += time.perf_counter() - fed
         del fed_jpegs
+        self._mapping = mapping
         return outputs
 
-    def _feed_work(self, plan_outputs) -> tuple[np.ndarray, list[list[TensorCPU]]]:
+    def _decode_around_bad(self, plan_outputs, info, fed_jpegs, mapping: list[int], exc: Exception):
+        """The decoder failed on the batch: decode each sample alone to find the failing ones,
+        record them, and decode the batch again with them replaced. The work pipeline is
+        stateless given its inputs, so it is rebuilt after a failure without changing any view."""
+        self._rebuild_work()
+        failed: list[int] = []
+        for b in sorted(set(mapping)):
+            self._feed_inputs(plan_outputs, fed_jpegs, [b])
+            try:
+                self._work.run()
+            except RuntimeError as sample_exc:
+                failed.append(b)
+                self._rebuild_work()
+                self._record_bad(info, b, "decode", "decoder: " + " ".join(str(sample_exc).split())[:300])
+        if not failed:  # the batch fails but no sample alone does: not a bad sample, a real error
+            raise ShardError(f"decoding samples {_keys_from_source_info(info)} from shard(s) {_shards_of(info)} "
+                             f"failed: {exc}") from exc
+        mapping = self._replacements(info, [m if m not in failed else -1 for m in mapping])
+        self._feed_inputs(plan_outputs, fed_jpegs, mapping)  # the caller keeps fed_jpegs alive
+        return self._work.run(), mapping
+
+    def _rebuild_work(self) -> None:
+        """A fresh work pipeline after a decoding error (the same graph: its draw inputs are
+        recorded again under the same names, in the same order)."""
+        specs = list(self._draws.specs)
+        del self._work
+        self._draws = RecordedDraws()
+        self._work = self._build_work()
+        if self._draws.specs != specs:
+            raise RuntimeError("rebuilding the work pipeline changed its random draws")
+
+    def _record_bad(self, info: np.ndarray, b: int, stage: str, reason: str) -> None:
+        source = info[b].tobytes().rstrip(b"\0").decode("utf-8", "replace")
+        self.bad_samples.add(BadSample(key=_keys_from_source_info(info[b : b + 1])[0], shard=source.rsplit(":", 2)[0],
+                                       reason=reason, stage=stage, seen=self._counts["samples"], epoch=self.epoch))
+        self._counts["bad_samples"] += 1
+
+    def _replacements(self, info: np.ndarray, mapping: list[int]) -> list[int]:
+        """Each bad slot (-1) takes the next good sample of the batch (cyclically)."""
+        good = [m for m in mapping if m >= 0]
+        if not good:
+            keys = _keys_from_source_info(info)
+            raise ShardError(f"every sample of a batch is bad ({keys} in shard(s) {_shards_of(info)}): "
+                             "check the shards with `crisscross shards verify`")
+        return [m if m >= 0 else good[b % len(good)] for b, m in enumerate(mapping)]
+
+    def _feed_work(self, plan_outputs) -> tuple[np.ndarray, list[list[TensorCPU]], list[int]]:
         """Hand the plan's batch to the work pipeline's external sources; returns the key info
         and the fed JPEG tensors. The only per-sample Python: slicing the planned JPEG frames out
         of each (memory-mapped) MP4 (mjpeg_frames.py: one vectorised table lookup per sample, one
@@ -402,23 +467,33 @@ class TrainLoader:
         info = plan["key"].as_array()
         frame_ids = plan["frames"].as_array()
         per_frame: list[list[TensorCPU]] = [[None] * len(info) for _ in range(frame_ids.shape[1])]  # type: ignore[list-item]
+        mapping = list(range(len(info)))  # a bad sample's slot gets a good sample's index
         for b, row in enumerate(info):
             source = row.tobytes().rstrip(b"\0").decode("utf-8", "replace")
             data = np.asarray(video[b])  # zero-copy view
-            try:
+            try:  # parses the MP4's sample table against the frames the index planned
                 jpegs = jpeg_frames(data, self._frame_tables.get(source, data), frame_ids[b])
             except Mp4Error as exc:
-                key = _keys_from_source_info(info[b : b + 1])[0]
-                raise ShardError(f"sample {key} of shard {source.rsplit(':', 2)[0]}: bad video: {exc}") from exc
+                self._record_bad(info, b, "feed", f"bad video: {exc}")
+                mapping[b] = -1
+                continue
             for slot, jpeg in zip(per_frame, jpegs):
                 slot[b] = TensorCPU(jpeg, "")
+        if -1 in mapping:
+            mapping = self._replacements(info, mapping)
+        self._feed_inputs(plan_outputs, per_frame, mapping)
+        return info, per_frame, mapping
+
+    def _feed_inputs(self, plan_outputs, per_frame: list[list[TensorCPU]], mapping: list[int]) -> None:
+        """Feed the samples ``mapping`` (indices into the plan's batch: the identity normally, a
+        good sample's index in a bad one's slot, or a single sample when looking for a bad one)."""
+        plan, draws = split_plan(plan_outputs)
+        identity = mapping == list(range(len(per_frame[0])))
         for j, jpegs in enumerate(per_frame):
-            self._work.feed_input(f"jpeg{j}", jpegs)
-        self._work.feed_input("wave1", wave1)
-        self._work.feed_input("wave2", wave2)
-        for name, batch in zip(self._draws.names(), draws):
-            self._work.feed_input(name, batch)
-        return info, per_frame
+            self._work.feed_input(f"jpeg{j}", jpegs if identity else [jpegs[m] for m in mapping])
+        inputs = [("wave1", plan["wave1"]), ("wave2", plan["wave2"]), *zip(self._draws.names(), draws)]
+        for name, batch in inputs:
+            self._work.feed_input(name, batch if identity else [batch[m] for m in mapping])
 
     # -- iteration
     def __len__(self) -> int:
@@ -449,15 +524,28 @@ class TrainLoader:
 
     def _to_batch(self, plan, work) -> dict[str, Any]:
         named, _ = split_plan(plan)
-        key_info = named["key"].as_array()
-        times = torch.from_numpy(named["times"].as_array().copy())
-        fallback = torch.from_numpy(named["fallback"].as_array().astype(np.int32))
+        mapping = self._mapping  # a bad sample's slot holds a good sample of the batch
+        key_info = named["key"].as_array()[mapping]
+        times = torch.from_numpy(named["times"].as_array()[mapping].copy())
+        fallback = torch.from_numpy(named["fallback"].as_array()[mapping].astype(np.int32))
         self._counts["samples"] += len(key_info)
+        data_error = self._check_bound()
         self._counts["batches"] += 1
         self._counts["fallback_shrunk"] += int((fallback == FALLBACK_SHRUNK).sum())
         self._counts["fallback_padded"] += int((fallback == FALLBACK_PADDED).sum())
         v1, v2, a1, a2 = (_to_torch(t, self.device) for t in work)
-        return {"v1": v1, "v2": v2, "a1": a1, "a2": a2, "key": _keys_from_source_info(key_info), "times": times, "fallback": fallback}
+        return {"v1": v1, "v2": v2, "a1": a1, "a2": a2, "key": _keys_from_source_info(key_info), "times": times,
+                "fallback": fallback, "data_error": data_error}
+
+    def _check_bound(self) -> str | None:
+        """None, or (past data.max_bad_fraction) the error message; raised unless the trainer asked
+        for it as a flag (``limit_action = "flag"``)."""
+        if not self.bad_samples.exceeded(self._counts["samples"]):
+            return None
+        message = self.bad_samples.message(self._counts["samples"])
+        if self.limit_action == "raise":
+            raise BadSampleLimitError(message)
+        return message
 
     # -- state
     def stats(self) -> dict[str, int]:
@@ -494,7 +582,8 @@ class TrainLoader:
             raise ValueError("loader state was saved with a different data config, batch size, rank, world size or seed")
         self._plan = self._build_plan(checkpoint=state["plan_checkpoint"])
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
-        self._counts = dict(state["counts"])
+        self._counts = {"bad_samples": 0, **state["counts"]}  # states before the counter existed: 0
+        self.bad_samples.bad = self._counts["bad_samples"]  # the bound counts the whole run
 
 
 def build_train_loader(
