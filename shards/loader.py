@@ -29,8 +29,8 @@ from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 
 from crisscross.config import Strict
 from crisscross.shards.augment import AudioAugment, AugmentConfig, LogMel, RecordedDraws, VideoAugment
-from crisscross.shards.dataset import Dataset, ShardError  # noqa: F401 (ShardError re-exported)
 from crisscross.shards.bad_samples import DEFAULT_MAX_BAD_FRACTION, BadSample, BadSampleTracker
+from crisscross.shards.dataset import Dataset, ShardError  # noqa: F401 (ShardError re-exported)
 from crisscross.shards.mjpeg_frames import FrameTables, Mp4Error, jpeg_frames
 from crisscross.shards.pipelines import (
     AUDIO_EXTS,
@@ -463,7 +463,7 @@ class TrainLoader:
         ``feed_input`` then skips its per-element type probing, which cost more than the
         slicing itself (measured: docs/scaling.md, "The loader's feeding thread")."""
         plan, draws = split_plan(plan_outputs)
-        video, wave1, wave2 = plan["video"], plan["wave1"], plan["wave2"]
+        video = plan["video"]
         info = plan["key"].as_array()
         frame_ids = plan["frames"].as_array()
         per_frame: list[list[TensorCPU]] = [[None] * len(info) for _ in range(frame_ids.shape[1])]  # type: ignore[list-item]
