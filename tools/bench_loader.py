@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="anchor DataLoader workers (1 per core)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="DALI threads for ours")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] for ours")
+    parser.add_argument("--short-sides", default="112,160",
+                        help="shard short sides (px) for the input-fidelity comparison of ours (empty: skip); "
+                             "the crop stays 112")
     parser.add_argument("--long-seconds", type=float, default=300.0, help="length of the long sources (0: skip)")
     parser.add_argument("--long-clips", type=int, default=4, help="long sources (also the batch size of the length comparison)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep sources and shards here (default: a temp dir)")
@@ -57,12 +60,39 @@ def _sources(folder: Path, *, count: int, seconds: float, size: tuple[int, int])
     return manifest
 
 
-def _shards(manifest: Path, out: Path) -> Path:
+def _shards(manifest: Path, out: Path, short_side: int | None = None) -> Path:
     from crisscross.preprocess.build import build_shards
 
     if not (out / "dataset.json").exists():
-        build_shards(manifest, out, name="bench", progress=False, workers=min(2, os.cpu_count() or 1))
+        sizes = {} if short_side is None else {"short_side": short_side}
+        build_shards(manifest, out, name="bench", progress=False, workers=min(2, os.cpu_count() or 1), **sizes)
     return out
+
+
+def _fidelity(manifest: Path, work: Path, args: argparse.Namespace, seconds: float) -> list[dict[str, float]] | None:
+    """Ours on shards of each ``--short-sides`` (the crop stays 112): cost and shard bytes per
+    second of clip, alternating the sizes twice (medians)."""
+    sides = [int(v) for v in args.short_sides.split(",") if v.strip()]
+    if not sides:
+        return None
+    from crisscross.shards.format import DEFAULT_SHORT_SIDE
+
+    folders = {side: _shards(manifest, work / ("shards10" if side == DEFAULT_SHORT_SIDE else f"shards_{side}px"), short_side=side)
+               for side in sides}
+    runs: dict[int, list[dict[str, float]]] = {side: [] for side in sides}
+    for _ in range(2):
+        for side in sides:
+            runs[side].append(_ours(folders[side], args))
+    rows = []
+    for side in sides:
+        stored = sum(f.stat().st_size for f in folders[side].glob("*.tar"))
+        rows.append({"short_side": side,
+                     "clips_per_s": round(statistics.median(r["clips_per_s"] for r in runs[side]), 2),
+                     "cpu_ms_per_clip": round(statistics.median(r["cpu_ms_per_clip"] for r in runs[side]), 2),
+                     "shard_bytes_per_clip_second": round(stored / (args.clips * seconds))})
+        print(f"ours on {side} px shards: {rows[-1]['clips_per_s']:.1f} clips/s, {rows[-1]['cpu_ms_per_clip']:.1f} CPU ms/clip, "
+              f"{rows[-1]['shard_bytes_per_clip_second'] / 1e3:.1f} kB per clip-second", flush=True)
+    return rows
 
 
 def _source_paths(manifest: Path) -> list[str]:
@@ -139,6 +169,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(1)
         repeats = _alternate(manifest, shards, args)
         stages = _anchor_stages(manifest, args)
+        fidelity = _fidelity(manifest, work, args, seconds=10.0)
         long = None
         if args.long_seconds > 0:
             # Same batch size for both lengths; long sources are generated small (160x120) to keep
@@ -181,6 +212,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "feed_ms_per_batch": round(ours["feed_ms_per_batch"], 2), "feed_share": round(ours["feed_share"], 4),
         "feed_ms_per_clip": round(ours["feed_ms_per_batch"] / args.batch_size, 3),
         "long_sources": long,
+        "input_fidelity": fidelity,
         "load_average_1min": round(os.getloadavg()[0], 2),
         "config": {"clips": args.clips, "source_size": args.source_size, "batch_size": args.batch_size,
                    "batches": args.batches, "repeats": args.repeats, "workers": args.workers, "threads": args.threads},
