@@ -23,9 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clips", type=int, default=16, help="number of generated 10 s source clips")
