@@ -51,6 +51,7 @@ class BuildStats:
     out_dir: Path
     samples: int = 0
     errors: int = 0
+    sources: int = 0  # inputs of the plan (set by merge: the whole build)
     shards: int = 0
     shards_skipped: int = 0  # already complete (resume)
     seconds: float = 0.0  # total sample duration
@@ -215,6 +216,7 @@ def merge(out_dir: str | Path) -> BuildStats:
         "versions": _library_versions(),
     }
     write_json_atomic(out_dir / "dataset.json", dataset)
+    stats.sources = int(plan.sources)
     return stats
 
 

@@ -56,12 +56,33 @@ def _register_build(sub) -> None:
     p.add_argument("--num-tasks", type=int, default=1, help="job array size (then run `shards merge`)")
     p.add_argument("--task-index", type=int, default=0, help="this job array task (0-based)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs and CI)")
+    _add_error_bound(p)
     add_overrides(p, "short_side=128 clip_seconds=10")
     p.set_defaults(func=_build)
 
 
+def _add_error_bound(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-error-fraction", type=float, default=0.5, metavar="F",
+                   help="exit with an error (status 2, after writing the dataset) when more than this fraction of "
+                        "the sources failed, with the failures counted by reason (0.5)")
+
+
+def check_error_bound(stats, max_fraction: float) -> None:
+    """A build where most inputs fail is a wrong input or a broken decoder, not a dataset: say so
+    (the failures counted by reason; errors.parquet lists each) and exit non-zero."""
+    from crisscross.errors import UserError
+
+    if not 0.0 <= max_fraction <= 1.0:
+        raise UserError(f"--max-error-fraction must be in [0, 1], got {max_fraction}")
+    if stats.sources and stats.errors > max_fraction * stats.sources:
+        raise UserError(f"{stats.errors} of {stats.sources} sources failed, more than --max-error-fraction "
+                        f"{max_fraction:g} allows: {stats.error_reasons}; {stats.out_dir / 'errors.parquet'} lists "
+                        "each with its message. Fix the input (or --format), or rerun with a higher "
+                        "--max-error-fraction to accept the dataset as written")
+
+
 NOT_BUILD_OPTIONS = {"input", "out", "preset", "overrides", "num_tasks", "task_index", "no_progress", "func",
-                     "command", "shards_command"}
+                     "command", "shards_command", "max_error_fraction"}
 
 
 def build_options(args: argparse.Namespace) -> dict:
@@ -102,19 +123,24 @@ def _build(args: argparse.Namespace) -> int:
         print(f"\ncrisscross shards build: {INTERRUPTED}", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(stats.summary())
+    if args.num_tasks == 1:  # a job-array task sees only its shards: `shards merge` checks the whole build
+        check_error_bound(stats, args.max_error_fraction)
     return 0
 
 
 def _register_merge(sub) -> None:
     p = sub.add_parser("merge", help="after a job array: write manifest/errors/dataset.json")
     p.add_argument("out", help="dataset directory all tasks wrote to")
+    _add_error_bound(p)
     p.set_defaults(func=_merge)
 
 
 def _merge(args: argparse.Namespace) -> int:
     from crisscross.preprocess.build import merge
 
-    print(merge(args.out).summary())
+    stats = merge(args.out)
+    print(stats.summary())
+    check_error_bound(stats, args.max_error_fraction)
     return 0
 
 
