@@ -28,7 +28,7 @@ from torch import nn
 from crisscross.errors import UserError
 from crisscross.shards.atomic import atomic_write
 from crisscross.train.checkpoint import find_latest
-from crisscross.train.config import save_config
+from crisscross.train.config import save_config, train_config
 from crisscross.train.distributed import (
     DistEnv,
     all_ranks_max,
@@ -39,8 +39,8 @@ from crisscross.train.distributed import (
 )
 from crisscross.train.export import save_backbones
 from crisscross.train.methods import init_from_run, model_kwargs, objective_state, projection, step_context
-from crisscross.train.models import ModelConfig, view_modality
 from crisscross.train.models import build_model as build_network
+from crisscross.train.models import view_modality
 from crisscross.train.objective import CrissCrossObjective, ObjectiveConfig, collapse_std  # noqa: F401 (tests patch it)
 from crisscross.train.objectives.base import StepContext
 from crisscross.train.objectives.registry import build_objective
@@ -59,10 +59,10 @@ class NonFiniteLossError(RuntimeError):
 
 # -------------------------------------------------------------------------------------- data
 def build_loader(config: dict[str, Any], env: DistEnv, batch_per_rank: int):
-    run = config["run"]
+    run = train_config(config).run
     kwargs = dict(batch_size=batch_per_rank, rank=env.rank, world_size=env.world_size,
-                  device=str(env.device), seed=int(run["seed"]))
-    if run["loader"] == "synthetic":
+                  device=str(env.device), seed=run.seed)
+    if run.loader == "synthetic":
         from crisscross.train.synthetic import build_synthetic_loader
         return build_synthetic_loader(config["synthetic"], **kwargs)
     from crisscross.shards.loader import build_train_loader
@@ -88,38 +88,39 @@ def check_compile(run_cfg: dict[str, Any], norm: str, *, distributed: bool, cuda
 
 def build_model(config: dict[str, Any], objective: ObjectiveConfig, env: DistEnv) -> tuple[nn.Module, nn.Module]:
     """(model to call, raw model to save). Unused modalities are frozen so DDP ignores them."""
-    model_cfg = ModelConfig.from_dict(config["model"])
+    typed = train_config(config)
+    run, model_cfg = typed.run, typed.model
     cuda = env.device.type == "cuda"
     check_compile(config["run"], model_cfg.norm, distributed=env.distributed, cuda=cuda)
-    torch.manual_seed(int(config["run"]["seed"]))  # identical initial weights on every rank
+    torch.manual_seed(run.seed)  # identical initial weights on every rank
     raw = build_network(model_cfg)  # CrissCross's model, or the other methods' (docs/methods.md)
-    if config["run"].get("init_from") and not config["run"].get("init_objective"):
+    if run.init_from and not run.init_objective:
         # backbones from an export (docs/weights.md); a resume overrides them. With
         # run.init_objective the whole model and the objective state come in build_setup
         from crisscross.train.weights_import import init_encoders_from
 
-        init_encoders_from(raw, config["run"]["init_from"])
+        init_encoders_from(raw, run.init_from)
     for modality in ("video", "audio"):
         if modality not in objective.modalities:
             getattr(raw, modality).requires_grad_(False)
     raw.to(env.device)
-    if config["run"]["channels_last"]:
+    if run.channels_last:
         raw.video.to(memory_format=torch.channels_last_3d)
     if uses_sync_bn(config["run"], model_cfg.norm, distributed=env.distributed, cuda=cuda):
         raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)  # GPU-only in PyTorch
     model: nn.Module = wrap_ddp(raw, env)
-    if config["run"]["compile"]:
+    if run.compile:
         model = torch.compile(model)
     return model, raw
 
 
 def schedule_for(config: dict[str, Any], steps_per_epoch: int) -> Schedule:
-    optim = config["optim"]
-    return Schedule(lr=float(optim["lr"]), end_lr=float(optim["end_lr"]), pred_lr=float(optim["pred_lr"]),
-                    warmup_steps=round(float(optim["warmup_epochs"]) * steps_per_epoch),
-                    total_steps=int(config["run"]["epochs"]) * steps_per_epoch,
-                    warmup_start_lr=float(optim.get("warmup_start_lr", 0.0)),
-                    kind=str(optim.get("schedule", "cosine")))
+    typed = train_config(config)
+    optim = typed.optim
+    return Schedule(lr=optim.lr, end_lr=optim.end_lr, pred_lr=optim.pred_lr,
+                    warmup_steps=round(optim.warmup_epochs * steps_per_epoch),
+                    total_steps=typed.run.epochs * steps_per_epoch,
+                    warmup_start_lr=optim.warmup_start_lr, kind=optim.schedule)
 
 
 # ------------------------------------------------------------------------------------ training
@@ -152,7 +153,8 @@ def model_views(batch: dict[str, Any], names: tuple[str, ...] | list[str], *, ch
 
 def train(config: dict[str, Any], resume: str | None = None) -> dict[str, Any]:
     """Run (or continue) pretraining as configured; returns a summary dict (rank 0's view)."""
-    env = setup_distributed(config["run"]["device"], num_threads=int(config["run"]["num_threads"] or 0))
+    run = train_config(config).run
+    env = setup_distributed(run.device, num_threads=run.num_threads or 0)
     try:
         return _train(config, resume, env)
     finally:
@@ -181,31 +183,31 @@ def build_setup(config: dict[str, Any], env: DistEnv) -> Setup:
 
     Public: what ``train()`` trains, for the benchmarks to time (``env`` from
     ``crisscross.train.distributed.setup_distributed``). No checkpoint is read or written."""
-    run, optim_cfg = config["run"], config["optim"]
-    global_batch = int(optim_cfg["batch_size"])
+    typed = train_config(config)
+    run, optim_cfg = typed.run, typed.optim
+    global_batch = optim_cfg.batch_size
     if global_batch % env.world_size:
         raise ValueError(f"optim.batch_size={global_batch} is not divisible by world size {env.world_size}")
-    objective_cfg = ObjectiveConfig.from_dict(config["objective"])
-    model, raw = build_model(config, objective_cfg, env)
-    optimizer = build_optimizer(parameter_groups(raw), weight_decay=float(optim_cfg["weight_decay"]),
-                                betas=tuple(optim_cfg["betas"]), larc=bool(optim_cfg["larc"]),
-                                larc_trust=float(optim_cfg["larc_trust"]), larc_clip=bool(optim_cfg["larc_clip"]),
-                                fused=env.device.type == "cuda", name=str(optim_cfg.get("name", "adam")),
-                                momentum=float(optim_cfg.get("momentum", 0.9)))
+    model, raw = build_model(config, typed.objective, env)
+    optimizer = build_optimizer(parameter_groups(raw), weight_decay=optim_cfg.weight_decay,
+                                betas=tuple(optim_cfg.betas), larc=optim_cfg.larc,
+                                larc_trust=optim_cfg.larc_trust, larc_clip=optim_cfg.larc_clip,
+                                fused=env.device.type == "cuda", name=optim_cfg.name,
+                                momentum=optim_cfg.momentum)
     objective = build_objective(config, env.device)
-    if run.get("init_from") and run.get("init_objective"):  # e.g. CMA from an AVID run; a resume overrides it
-        message = init_from_run(raw, objective, run["init_from"])
+    if run.init_from and run.init_objective:  # e.g. CMA from an AVID run; a resume overrides it
+        message = init_from_run(raw, objective, run.init_from)
         if env.is_main:
             print(message)
-    precision = run["precision"]
+    precision = run.precision
     scaler = torch.amp.GradScaler(env.device.type, enabled=precision == "fp16")
     autocast = torch.autocast(env.device.type, dtype=DTYPES[precision]) if precision != "fp32" else nullcontext()
     loader = build_loader(config, env, global_batch // env.world_size)
     if len(loader) < 1:
         raise ValueError(f"the data gives no full batch of {global_batch // env.world_size} per rank")
-    steps_per_epoch = int(run["epoch_size"]) // global_batch if run["epoch_size"] else len(loader)
+    steps_per_epoch = run.epoch_size // global_batch if run.epoch_size else len(loader)
     schedule = schedule_for(config, steps_per_epoch)
-    last_step = schedule.total_steps if run["max_steps"] is None else min(int(run["max_steps"]), schedule.total_steps)
+    last_step = schedule.total_steps if run.max_steps is None else min(run.max_steps, schedule.total_steps)
     return Setup(model, raw, objective, optimizer, scaler, autocast, loader, schedule,
                  steps_per_epoch, last_step, global_batch)
 
@@ -217,8 +219,8 @@ def restore(setup: Setup, checkpoint_file: str, env: DistEnv) -> int:
 
 
 def _train(config: dict[str, Any], resume: str | None, env: DistEnv) -> dict[str, Any]:
-    run = config["run"]
-    run_dir = Path(run["dir"])
+    run = train_config(config).run
+    run_dir = Path(run.dir)
     setup = build_setup(config, env)
     checkpoint_file = resume_from(resume, run_dir) if env.is_main else None
     checkpoint_file = gather_objects(str(checkpoint_file) if checkpoint_file else None, env)[0]
@@ -232,7 +234,7 @@ def _train(config: dict[str, Any], resume: str | None, env: DistEnv) -> dict[str
         logger.message(f"resumed from {checkpoint_file} at step {start_step}")
     if hasattr(setup.loader, "limit_action"):  # past data.max_bad_fraction: a flag, so all ranks stop together
         setup.loader.limit_action = "flag"
-    stream = Prefetcher(setup.loader, depth=int(run["prefetch"]))
+    stream = Prefetcher(setup.loader, depth=run.prefetch)
     try:
         with StopFlag() as stop:
             status, step, metrics = run_steps(config, setup, env, stream, logger, stop, start_step)
@@ -245,8 +247,9 @@ def _train(config: dict[str, Any], resume: str | None, env: DistEnv) -> dict[str
 def run_steps(config: dict[str, Any], setup: Setup, env: DistEnv, stream: Prefetcher, logger: RunLogger,
               stop: StopFlag, start_step: int) -> tuple[str, int, dict[str, float]]:
     """The training loop; returns (status, step reached, last logged metrics)."""
-    run, run_dir = config["run"], Path(config["run"]["dir"])
-    log_every, ckpt_every = max(int(run["log_every"]), 1), max(int(run["checkpoint_every"]), 1)
+    run = train_config(config).run
+    run_dir = Path(run.dir)
+    log_every, ckpt_every = run.log_every, run.checkpoint_every
     views_needed = setup.objective.views
     meter = IntervalMeter()
     nonfinite = torch.zeros((), dtype=torch.bool, device=env.device)
@@ -269,7 +272,7 @@ def run_steps(config: dict[str, Any], setup: Setup, env: DistEnv, stream: Prefet
         batch = stream.next()
         meter.data_wait += time.perf_counter() - waited
         data_error = batch.get("data_error") or data_error
-        views = model_views(batch, views_needed, channels_last=run["channels_last"])
+        views = model_views(batch, views_needed, channels_last=run.channels_last)
 
         ctx = step_context(step, setup.steps_per_epoch, env)
         if step % setup.steps_per_epoch == 0:
@@ -277,7 +280,7 @@ def run_steps(config: dict[str, Any], setup: Setup, env: DistEnv, stream: Prefet
         rates = set_learning_rates(setup.optimizer, step, setup.schedule)
         loss, sublosses, outputs = train_step(setup.model, setup.objective, setup.optimizer, setup.scaler,
                                               setup.autocast, views, batch, ctx,
-                                              model_kwargs(setup.raw, int(run["seed"]), ctx))
+                                              model_kwargs(setup.raw, run.seed, ctx))
         nonfinite |= ~torch.isfinite(loss.detach())
         meter.add(torch.stack([loss.detach(), *sublosses.values()]))
         logger.step()
@@ -337,12 +340,13 @@ def stop_for_bad_samples(run_dir: Path, step: int, setup: Setup, env: DistEnv, d
 def finish(config: dict[str, Any], setup: Setup, env: DistEnv, status: str, step: int,
            metrics: dict[str, float]) -> dict[str, Any]:
     """Rank 0: loss curve, backbone export and summary.json of a completed run; the summary dict."""
-    run_dir = Path(config["run"]["dir"])
+    run = train_config(config).run
+    run_dir = Path(run.dir)
     summary = {"status": status, "step": step, "run_dir": str(run_dir), "metrics": metrics,
                "checkpoint": str(find_latest(run_dir))}
     if env.is_main and status == "completed":
         summary["loss_curve"] = str(plot_loss_curve(run_dir))
-        if config["run"]["export"]:
+        if run.export:
             summary["export"] = str(export_backbones(run_dir, setup, config))
         atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2))  # a reader never sees half of it
     return summary
