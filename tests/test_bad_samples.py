@@ -175,7 +175,7 @@ def test_a_shard_renamed_away_under_a_running_reader_does_not_disturb_it(clean_s
     loader = build_train_loader(_data(copy), batch_size=4, seed=0)
     want = [b["key"] for _ in range(2) for b in reference]
     got, tar = [], next(copy.glob("*.tar"))
-    for epoch in range(2):
+    for _epoch in range(2):
         for batch in loader:
             got.append(batch["key"])
             if not got[1:]:
