@@ -44,3 +44,67 @@ def test_a_build_where_most_sources_fail_exits_non_zero_with_counted_reasons(mos
     # accepting it: the same command (a resume: no work) with a higher bound passes
     again = _build(mostly_broken, tmp_path / "out", "--max-error-fraction", "0.9")
     assert again.returncode == 0, again.stderr[-2000:]
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _running_ray_task(root: int) -> int | None:
+    """A Ray worker below ``root`` that is executing a shard task (its title is ray::_ray_task)."""
+    for pid in _descendants(root):
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::_ray_task"):
+                return pid
+        except OSError:
+            continue
+    return None
+
+
+def _digests(out: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_a_ray_worker_killed_mid_task_is_retried_and_the_dataset_is_complete(tmp_path):
+    import signal
+    import time
+
+    from crisscross.tools.demo_data import generate_demo_clips
+
+    manifest = generate_demo_clips(tmp_path / "clips", num_classes=2, clips_per_class=3, seconds=6.0)
+    options = ["--samples-per-shard", "1", "--workers", "2"]
+    reference = _build(manifest, tmp_path / "pool", *options)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+
+    out = tmp_path / "ray"
+    process = subprocess.Popen([*CLI, "build", str(manifest), "--out", str(out), "--no-progress", "--engine", "ray",
+                                *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=dict(os.environ, OMP_NUM_THREADS="1"))
+    victim, deadline = None, time.monotonic() + 240
+    while victim is None:
+        assert process.poll() is None, "the build ended before a task could be killed"
+        assert time.monotonic() < deadline, "no Ray task seen running"
+        victim = _running_ray_task(process.pid)
+        time.sleep(0.1)
+    os.kill(victim, signal.SIGKILL)  # the worker dies mid-shard
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    assert "died or was killed while executing a task" in output  # Ray saw the kill mid-task
+    assert "6 samples" in output and "0 errors" in output
+    assert _digests(out) == _digests(tmp_path / "pool")  # the killed shard was redone, byte for byte
