@@ -4,6 +4,7 @@ negatives equal one process with the concatenated batch."""
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 
 import pytest
@@ -73,7 +74,9 @@ def _worker(rank: int, port: int, queue) -> None:
     loss, _ = SvaCLRObjective(SvaCLRConfig())(views, {}, StepContext(env=env))
     loss.backward()
     out["svaclr"] = (loss.item(), {n: v["z"].grad.clone() for n, v in views.items()})
-    queue.put((rank, out))
+    # plain pickle copies the tensors' data (the multiprocessing pickler would share them through
+    # file descriptors that vanish when this process exits before the parent reads them)
+    queue.put((rank, pickle.dumps(out)))
     dist.barrier()
     dist.destroy_process_group()
 
@@ -92,7 +95,7 @@ def two_ranks() -> dict[int, dict]:
     procs = [ctx.Process(target=_worker, args=(r, port, queue)) for r in range(2)]
     for p in procs:
         p.start()
-    results = dict(queue.get(timeout=180) for _ in range(2))
+    results = {rank: pickle.loads(data) for rank, data in (queue.get(timeout=180) for _ in range(2))}
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
