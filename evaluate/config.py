@@ -151,12 +151,17 @@ class EvalLoaderConfig:
     logmel_mean: float | None = None
     logmel_std: float | None = None
     num_threads: int = 2  # DALI threads
+    # samples failing the loader's screen (shards/screen.py) are skipped and listed in results.json,
+    # up to this fraction of the dataset (the training default); 0 = strict: any bad sample stops
+    max_bad_fraction: float = 1e-4
 
     def __post_init__(self) -> None:
         for key in ("frame_stride", "n_mels", "n_fft", "hop", "sample_rate", "num_threads"):
             value = getattr(self, key)
             if value is not None and not 1 <= value <= 1 << 20:
                 raise ValueError(f"loader.{key} must be a number in [1, {1 << 20}], got {value!r}")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"loader.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction!r}")
 
 
 @dataclass
@@ -237,7 +242,8 @@ class EvalConfig:
         view = ViewSpec(frames=self.frames, frame_stride=front.frame_stride, crop=self.crop,
                         audio_seconds=self.audio_seconds, n_mels=front.n_mels, n_fft=front.n_fft, hop=front.hop,
                         logmel_mean=front.logmel_mean, logmel_std=front.logmel_std)
-        return {"view": view, "fps": front.fps, "sample_rate": front.sample_rate, "num_threads": front.num_threads}
+        return {"view": view, "fps": front.fps, "sample_rate": front.sample_rate, "num_threads": front.num_threads,
+                "max_bad_fraction": front.max_bad_fraction}
 
     def input_label(self, modality: str) -> str:
         if modality == "video":

@@ -26,7 +26,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +181,8 @@ class ClipFeatures:
     features: dict[str, np.ndarray]  # name -> [N, K, D] float32
     seconds: float  # wall time spent in loading + forward passes
     thumbnails: dict[str, np.ndarray] | None = None  # modality -> [N, h, w(, 3)] uint8, for plots
+    # samples the loader skipped (shards/screen.py: key, shard, reason): they have no features
+    skipped: list[dict[str, Any]] = field(default_factory=list)
 
     def rows(self, keys: list[str]) -> np.ndarray:
         position = {k: i for i, k in enumerate(self.keys)}
@@ -276,4 +278,5 @@ def extract_features(
         {n: np.concatenate(p) for n, p in parts.items()},
         time.perf_counter() - start,
         {m: np.concatenate(t) for m, t in thumbs.items()} if thumbnails else None,
+        list(getattr(batches, "skipped", [])),
     )

@@ -74,11 +74,13 @@ def _loader(ctx: RunContext, env: DistEnv, clips: int, sampling: str, augment: s
     from crisscross.shards.loader import build_eval_loader
 
     cfg = ctx.cfg
-    return build_eval_loader(
+    loader = build_eval_loader(
         str(ctx.data_dir), **cfg.loader_args(), clips_per_sample=clips, sampling=sampling, augment=augment,
         modalities=("video",), batch_size=cfg.batch_size, device=str(env.device), seed=seed, rank=env.rank,
         world_size=env.world_size, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
     )
+    ctx.note_skipped(loader.skipped)  # screened out (shards/screen.py): listed in results.json
+    return loader
 
 
 def steps_per_epoch(train_samples: int, ft: FinetuneConfig) -> int:

@@ -31,7 +31,8 @@ def concatenate(clips: ClipFeatures) -> ClipFeatures:
     if video.shape[:2] != audio.shape[:2]:
         raise ValueError(f"video clips {video.shape[:2]} and audio clips {audio.shape[:2]} do not pair up")
     joint = np.concatenate([video, audio], axis=2)
-    return ClipFeatures(clips.keys, {**clips.features, "audio+video": joint}, clips.seconds, clips.thumbnails)
+    return ClipFeatures(clips.keys, {**clips.features, "audio+video": joint}, clips.seconds, clips.thumbnails,
+                        clips.skipped)
 
 
 def run_fusion(checkpoint: str, data_dir: Path, cfg: EvalConfig, out_dir: Path) -> Path:

@@ -17,7 +17,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -137,9 +137,21 @@ class RunContext:
     dataset: str
     pretrain: str
     split_name: str = "test"  # "split1".."split3" for UCF101/HMDB51 shards (the builder's official split)
+    skipped: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> the loader's record (results.json)
 
     def partitions(self, needs: tuple[str, ...] = ()) -> list[Partition]:
-        return partitions(self.manifest, self.cfg, self.split_name, needs)
+        """The manifest's partitions without the samples the loader skipped (they have no features)."""
+        parts = partitions(self.manifest, self.cfg, self.split_name, needs)
+        if not self.skipped:
+            return parts
+        keep = lambda keys: [k for k in keys if k not in self.skipped]  # noqa: E731
+        return [Partition(p.name, keep(p.train_keys), keep(p.test_keys)) for p in parts]
+
+    def note_skipped(self, records: list[dict[str, Any]]) -> None:
+        """Remember the samples a loader skipped (``ClipFeatures.skipped``, ``EvalLoader.skipped``):
+        left out of every partition computed afterwards, listed in results.json."""
+        for record in records:
+            self.skipped.setdefault(record["key"], record)
 
     def row(self, **kw: Any) -> ResultRow:
         base = dict(dataset=self.dataset, checkpoint_sha=self.encoders.checkpoint_sha, pretrain=self.pretrain,
@@ -195,6 +207,8 @@ def finish_run(ctx: RunContext, out_dir: Path, task: str, rows: list[ResultRow],
         "data": str(ctx.data_dir.resolve()),
         "argv": sys.argv,
         "python": platform.python_version(),
+        # samples the evaluation loader skipped (shards/screen.py), never silently dropped
+        "skipped_samples": sorted(ctx.skipped.values(), key=lambda r: (r["shard"], r["key"])),
     }
     return write_results(out_dir, rows, timing=timing, run=run)
 
@@ -209,6 +223,7 @@ def classify_rows(ctx: RunContext, train_clips: ClipFeatures | EpochClips, test_
     """SVM (cost by CV on train) or linear FC on every partition, plus the across-fold mean.
     ``train_clips`` is a function of the epoch only for the online FC (see ``train_features``)."""
     cfg = ctx.cfg
+    ctx.note_skipped(test_clips.skipped)  # every pass screens the same shards: the same samples skipped
     labels, classes = label_indices(ctx.manifest)
     parts = ctx.partitions(("video", "audio") if modality == "audio+video" else (modality,))
     rows: list[ResultRow] = []
@@ -319,6 +334,7 @@ def run_retrieval(checkpoint: str, data_dir: Path, cfg: EvalConfig, out_dir: Pat
     needed = {m for d in directions for m in d.split("->")}
     heads = {m: (m, POOLINGS["global"][m]) for m in ("video", "audio") if m in needed}
     clips = extract_pass(ctx.encoders, ctx.data_dir, cfg, cfg.test_pass, heads, thumbnails=cfg.plots)
+    ctx.note_skipped(clips.skipped)
     start = time.perf_counter()
     labels, classes = label_indices(ctx.manifest)
     feats = {m: sample_means(clips.features[m]) for m in heads}

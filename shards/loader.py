@@ -45,6 +45,7 @@ from crisscross.shards.pipelines import (
     split_plan,
     work_graph,
 )
+from crisscross.shards.screen import ScreenResult, screen_shards
 from crisscross.shards.views import FALLBACK_PADDED, FALLBACK_SHRUNK, RELAXATION_MODES, VIEW_ALIGNMENTS, ViewGeometry
 
 STATE_VERSION = 1
@@ -626,6 +627,9 @@ def choose_video_decoder(reader: ReaderSpec, device_id: int, probe=probe_gpu_vid
     return _VIDEO_DECODERS[key]
 
 
+_SCREENS: dict[tuple, ScreenResult] = {}  # (shard files as stat'ed, indexes, modalities) -> screen, per process
+
+
 class EvalLoader:
     """One rank's part of the dataset (all of it in a world of one), every sample of it exactly
     once, K clips each; labels from the manifest.
@@ -635,14 +639,19 @@ class EvalLoader:
     part's order in a buffer of ``shuffle_buffer`` samples, seeded (same seed, same order)."""
 
     def __init__(self, spec: EvalGraphSpec, shards: ShardSet, *, batch_size: int, device: str, seed: int, num_threads: int,
-                 rank: int = 0, world_size: int = 1, shuffle: bool = False, shuffle_buffer: int = 256):
+                 rank: int = 0, world_size: int = 1, shuffle: bool = False, shuffle_buffer: int = 256,
+                 max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world of size {world_size}")
         self.spec, self.shards, self.batch_size = spec, shards, batch_size
         self.rank, self.world_size = rank, world_size
         self.device, dali_device, device_id = dali_placement(device)
-        reader = ReaderSpec(paths=shards.tars, index_paths=shards.indexes, shard_id=rank, num_shards=world_size,
-                            shuffle=shuffle, shuffle_buffer=shuffle_buffer, audio_format=shards.audio_format)
+        # every rank screens every sample, so that all ranks split the same good samples
+        self._screen = self._screened(shards, spec, max_bad_fraction)
+        self.skipped = [bad.to_dict() for bad in self._screen.bad]  # the evaluators put them in results.json
+        reader = ReaderSpec(paths=self._screen.tars, index_paths=self._screen.indexes, shard_id=rank,
+                            num_shards=world_size, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
+                            audio_format=shards.audio_format)
 
         # NVDEC where it takes the shards' MJPEG, else the CPU decoder feeding the GPU graph
         self.video_decoder = (choose_video_decoder(reader, device_id) if dali_device == "gpu" and spec.video
@@ -660,6 +669,30 @@ class EvalLoader:
         self.num_samples = end - start  # this rank's; the reader pads its last batch with repeats
         if self.num_samples == 0:
             raise ValueError(f"{self.total_samples} samples cannot be split over {world_size} ranks (rank {rank} gets none)")
+
+    @staticmethod
+    def _screened(shards: ShardSet, spec: EvalGraphSpec, max_bad_fraction: float) -> ScreenResult:
+        """The samples that pass ``screen.py``'s checks; past ``max_bad_fraction`` of the dataset
+        (0: any), ``BadSampleLimitError`` naming the skipped keys, shards and reasons."""
+        if shards.indexes is None:  # no DALI index to filter: nothing screened (the writer always writes one)
+            return ScreenResult(shards.tars, shards.indexes, -1)
+        audio_format = shards.audio_format if spec.audio else None
+        files = tuple((path, os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in shards.tars)
+        cache_key = (files, shards.indexes, spec.video, audio_format)
+        if cache_key not in _SCREENS:  # an evaluator's passes (train, test, FC epochs) screen once
+            _SCREENS[cache_key] = screen_shards(shards.tars, shards.indexes, video=spec.video, audio_format=audio_format)
+        result = _SCREENS[cache_key]
+        total = result.samples + len(result.bad)
+        if len(result.bad) > max_bad_fraction * total or not result.tars:
+            keys = [bad.key for bad in result.bad[:20]]
+            reasons = sorted({bad.reason for bad in result.bad})[:5]
+            raise BadSampleLimitError(
+                f"{len(result.bad)} of {total} samples fail the evaluation loader's screen, more than "
+                f"loader.max_bad_fraction={max_bad_fraction:g} allows; keys {keys} in shards "
+                f"{sorted({bad.shard for bad in result.bad})} ({'; '.join(reasons)}). Check the shards with "
+                "`crisscross shards verify`, or raise loader.max_bad_fraction (the skipped keys are then listed "
+                "in results.json)")
+        return result
 
     def __len__(self) -> int:
         return -(-self.num_samples // self.batch_size)
@@ -706,6 +739,7 @@ def build_eval_loader(
     shuffle: bool = False,
     shuffle_buffer: int = 256,
     num_threads: int = 2,
+    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     fps: float | None = None,
     sample_rate: int | None = None,
     **view_fields: Any,
@@ -716,7 +750,9 @@ def build_eval_loader(
     ``augment="linear"`` applies the linear-evaluation augmentations (Tables S3/S4: no blur; audio
     with time warp). ``fps`` / ``sample_rate``: rates the encoder was trained at, checked against
     the shards' own (which the loader uses). Rank ``rank`` of ``world_size`` reads its own 1/W of
-    the samples (``rank_part``); ``device`` goes through ``crisscross.train.distributed.resolve_device``
+    the samples (``rank_part``). Samples failing ``screen.py``'s payload checks are skipped and
+    listed in the loader's ``skipped`` (up to ``max_bad_fraction`` of the dataset, else
+    ``BadSampleLimitError``); ``device`` goes through ``crisscross.train.distributed.resolve_device``
     (``auto``, ``cpu``, ``cuda``, ``cuda:N``)."""
     unknown = set(modalities) - {"video", "audio"}
     if unknown or not modalities:
@@ -729,4 +765,5 @@ def build_eval_loader(
     spec = eval_graph_spec(view, shards.dataset.fps, shards.dataset.sample_rate, clips=clips_per_sample,
                            sampling=sampling, modalities=tuple(modalities))
     return EvalLoader(spec, shards, batch_size=batch_size, device=device, seed=seed, num_threads=num_threads,
-                      rank=rank, world_size=world_size, shuffle=shuffle, shuffle_buffer=shuffle_buffer)
+                      rank=rank, world_size=world_size, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
+                      max_bad_fraction=max_bad_fraction)
