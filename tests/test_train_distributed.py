@@ -48,7 +48,13 @@ def test_two_process_gloo_matches_one_process(tmp_path):
     initial = _initial_state()
     moved = 0
     for name, tensor in one["model"].items():
-        assert torch.allclose(tensor, two["model"][name], rtol=1e-4, atol=1e-6), name
+        # Two ranks sum the gradient in another order than one process; Adam divides by sqrt(v), so
+        # an element whose gradient is ~0 can move by a rounding-sized amount either way. Measure the
+        # difference against the step itself: unsynchronised ranks differ by ~100% of it, rounding by
+        # < 0.1% (6.7e-4 measured on the 2-core dev machine).
+        update = (tensor - initial[name]).abs().max().item()
+        difference = (tensor - two["model"][name]).abs().max().item()
+        assert difference <= 5e-3 * update + 1e-7, (name, difference, update)
         moved += int(not torch.allclose(tensor, initial[name]))
     assert moved > 10  # training really changed the weights
     l1, l2 = _losses(single), _losses(double)
