@@ -73,6 +73,22 @@ POOLINGS: dict[str, dict[str, Pool]] = {
 }
 
 
+def learned_pooling(encoder: nn.Module) -> Pool | None:
+    """The encoder's own pooling when it has parameters (STiCA's transformer over time,
+    ``model.video_temporal_pool: transformer``), else None.
+
+    Such a pooling was trained with the encoder, and the method's evaluation uses its output
+    (GDT/STiCA ``eval_video.py`` takes the transformer's token 0), so every head on that encoder
+    (linear, fusion, global, finetuning) uses it instead of pooling the map itself: the feature is
+    the pooling's output ([B, out_dim]). A parameter-free pool (avg/max) returns None, so the
+    poolings above apply unchanged.
+    """
+    pool = getattr(encoder, "pool", None)
+    if not isinstance(pool, nn.Module) or next(pool.parameters(), None) is None:
+        return None
+    return lambda fmap: pool(fmap).flatten(1)
+
+
 # ------------------------------------------------------------------------------------ encoders
 @dataclass
 class Encoders:
@@ -214,14 +230,17 @@ def thumbnail(modality: str, clips: torch.Tensor) -> np.ndarray:
 
 
 def _encode(encoder: nn.Module, clips: torch.Tensor, pools: dict[str, Pool], chunk: int) -> dict[str, torch.Tensor]:
-    """[B, K, ...] clips -> {name: [B, K, D]}; one forward pass shared by all poolings."""
+    """[B, K, ...] clips -> {name: [B, K, D]}; one forward pass shared by all poolings (an
+    encoder with a learned pooling gives that pooling's output to every name)."""
     b, k = clips.shape[:2]
     flat = clips.reshape(b * k, *clips.shape[2:])
     outs: dict[str, list[torch.Tensor]] = {name: [] for name in pools}
+    learned = learned_pooling(encoder)  # e.g. STiCA's transformer replaces every map pooling
     for start in range(0, len(flat), chunk):
         fmap = encoder.forward_features(flat[start:start + chunk])
+        own = learned(fmap) if learned is not None else None
         for name, pool in pools.items():
-            outs[name].append(pool(fmap))
+            outs[name].append(own if own is not None else pool(fmap))
     return {name: torch.cat(parts).reshape(b, k, -1) for name, parts in outs.items()}
 
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crisscross.evaluate.config import EvalConfig, FinetuneConfig  # noqa: F401 (re-exported)
+from crisscross.evaluate.features import learned_pooling
 from crisscross.evaluate.pipeline import (
     Partition,
     RunContext,
@@ -48,16 +49,24 @@ from crisscross.train.distributed import DistEnv, all_ranks_all, gather_objects,
 
 
 class FinetuneModel(nn.Module):
-    """Video backbone -> adaptive max pool -> dropout -> new linear layer."""
+    """Video backbone -> adaptive max pool -> dropout -> new linear layer.
+
+    An encoder with a learned pooling (STiCA's transformer) keeps it in place of the max pool and
+    finetunes it with the backbone, as GDT/STiCA ``eval_video.py`` does."""
 
     def __init__(self, encoder: nn.Module, num_classes: int, dropout: float) -> None:
         super().__init__()
         self.encoder = encoder
+        self.own_pool = learned_pooling(encoder) is not None
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(encoder.out_dim, num_classes)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        pooled = F.adaptive_max_pool3d(self.encoder.forward_features(clips), 1).flatten(1)
+        fmap = self.encoder.forward_features(clips)
+        if self.own_pool:
+            pooled = self.encoder.pool(fmap).flatten(1)
+        else:
+            pooled = F.adaptive_max_pool3d(fmap, 1).flatten(1)
         return self.fc(self.dropout(pooled))
 
 
