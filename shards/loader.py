@@ -269,20 +269,42 @@ def _check_shard(tar: Path, idx: Path | None) -> None:
                 raise ShardError(f"shard {tar} is truncated: its index {idx.name} points past its end ({size} bytes)")
 
 
-def find_shards(directory: str | os.PathLike) -> ShardSet:
+# A shard briefly missing or short on a network file system (a copy or a rename in flight, a
+# client cache catching up) is looked at again after these pauses, before it counts as bad.
+SHARD_RETRY_DELAYS: tuple[float, ...] = (1.0, 2.0, 4.0)
+
+
+def _check_shards(tars: list[Path]) -> bool:
+    """Every shard exists and is whole (ShardError otherwise); returns whether all have an ``.idx``."""
+    missing = [str(t) for t in tars if not t.is_file()]
+    if missing:  # all of them at once, before any work: a partial copy is fixed in one go
+        raise ShardError(f"{len(missing)} of {len(tars)} shards of {tars[0].parent} do not exist: {missing}")
+    have_idx = all(t.with_suffix(".idx").exists() for t in tars)
+    for tar in tars:
+        _check_shard(tar, tar.with_suffix(".idx") if have_idx else None)
+    return have_idx
+
+
+def find_shards(directory: str | os.PathLike, retry_delays: tuple[float, ...] = SHARD_RETRY_DELAYS) -> ShardSet:
     """The dataset's ``*.tar`` shards (dataset.json's list, else sorted), their ``.idx`` files
-    when every shard has one, each checked for truncation; the dataset opened once (shards.Dataset)."""
+    when every shard has one, each checked for truncation; the dataset opened once (shards.Dataset).
+    A missing or short shard is re-checked after each of ``retry_delays`` (seconds) before the
+    error, which then lists every missing shard."""
     dataset = Dataset.open(directory)
     tars = list(dataset.shards)
     if not tars:
         raise FileNotFoundError(f"no *.tar shards in {dataset.root}")
-    missing = [str(t) for t in tars if not t.is_file()]
-    if missing:  # all of them at once, before any work: a partial copy is fixed in one go
-        raise ShardError(f"{len(missing)} of {len(tars)} shards of {dataset.root} do not exist: {missing}")
+    for attempt, delay in enumerate((*retry_delays, None)):
+        try:
+            have_idx = _check_shards(tars)
+            break
+        except ShardError as error:
+            if delay is None:
+                raise
+            print(f"shards: {error}; looking again in {delay:g} s (attempt {attempt + 1} of {len(retry_delays)})",
+                  file=sys.stderr)
+            time.sleep(delay)
     idx = [t.with_suffix(".idx") for t in tars]
-    have_idx = all(p.exists() for p in idx)
-    for tar, index in zip(tars, idx):
-        _check_shard(tar, index if have_idx else None)
     return ShardSet(tuple(map(str, tars)), tuple(map(str, idx)) if have_idx else None, dataset)
 
 

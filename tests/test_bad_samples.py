@@ -125,8 +125,30 @@ def test_missing_shards_are_listed_together_before_any_work(clean_shards, tmp_pa
     dataset["shards"] = [*dataset["shards"], "demo-000007.tar", "demo-000009.tar"]
     (copy / "dataset.json").write_text(json.dumps(dataset))
     with pytest.raises(ShardError, match=r"2 of 3 shards .* do not exist") as caught:
-        find_shards(copy)
+        find_shards(copy, retry_delays=(0.01,))
     assert "demo-000007.tar" in str(caught.value) and "demo-000009.tar" in str(caught.value)
+
+
+def test_a_shard_missing_for_a_moment_is_found_on_a_second_look(clean_shards, tmp_path):
+    """A shard renamed away and back (a copy or rename in flight on a network file system) is read
+    after the retry pause; without the retry the same moment is a ShardError."""
+    import shutil
+    import threading
+
+    from crisscross.shards.loader import ShardError, find_shards
+
+    copy = tmp_path / "shards"
+    shutil.copytree(clean_shards, copy)
+    shard = sorted(copy.glob("*.tar"))[0]
+    away = shard.with_name(shard.name + ".moving")
+    shard.rename(away)
+    with pytest.raises(ShardError, match="do not exist"):
+        find_shards(copy, retry_delays=())
+    back = threading.Timer(0.3, away.rename, args=(shard,))
+    back.start()
+    found = find_shards(copy, retry_delays=(2.0,))
+    back.join()
+    assert str(shard) in found.tars
 
 
 def _pretrain(run_dir: Path, shards: Path, *extra: str, resume: bool = False) -> subprocess.CompletedProcess:

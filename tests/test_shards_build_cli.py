@@ -191,7 +191,7 @@ def test_the_loader_names_a_malformed_index_or_dataset_json(two_shards):
     lines[1] = lines[1].replace(" ", " x", 1)
     idx.write_text("\n".join(lines) + "\n")
     with pytest.raises(ShardError, match=f"index {idx} is malformed"):
-        find_shards(two_shards)
+        find_shards(two_shards, retry_delays=())
     (two_shards / "dataset.json").write_text("{")
     with pytest.raises(ShardError, match="dataset.json: not valid JSON"):
         find_shards(two_shards)
