@@ -37,6 +37,7 @@ from crisscross.shards.pipelines import (
     READER_NAME,
     EvalGraphSpec,
     ReaderSpec,
+    SpeedSpec,
     TrainGraphSpec,
     build_pipeline,
     eval_graph,
@@ -113,6 +114,33 @@ class BadSampleLimitError(ShardError):
 
 
 @dataclass(frozen=True)
+class SpeedConfig(Strict):
+    """``data.speed``: SvaCLR's speed co-augmentation (docs/shards.md "Speed views"). View 2's
+    video and audio speeds are drawn per sample, uniformly and independently from the two sets
+    (``tie``: one draw used for both); view 1 stays at speed 1. Off by default."""
+
+    SECTION = "data.speed."
+
+    enabled: bool = False
+    video: list[int] = field(default_factory=lambda: [1, 2, 3, 4])  # SvaCLR's best set, [1, 4] (Table 1)
+    audio: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    tie: bool = False  # one speed for both modalities of a sample (the sets must then be equal)
+
+    def __post_init__(self) -> None:
+        for name in ("video", "audio"):
+            values = list(getattr(self, name))
+            if not values or any(int(v) != v or not 1 <= v <= 16 for v in values):
+                raise ValueError(f"data.speed.{name} must be a non-empty list of integers in [1, 16], got {values!r}")
+        if self.tie and sorted(self.video) != sorted(self.audio):
+            raise ValueError("data.speed.tie needs the same video and audio speed sets")
+
+    def spec(self) -> SpeedSpec | None:
+        if not self.enabled:
+            return None
+        return SpeedSpec(tuple(int(v) for v in self.video), tuple(int(a) for a in self.audio), bool(self.tie))
+
+
+@dataclass(frozen=True)
 class LoaderConfig(Strict):
     """The ``data`` section of a training config (typed and checked by ``crisscross.config``)."""
 
@@ -138,6 +166,7 @@ class LoaderConfig(Strict):
     logmel_mean: float = LogMel.mean
     logmel_std: float = LogMel.std
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)  # SvaCLR's speed views (off by default)
     num_threads: int = 2
     shuffle: bool = True
     shuffle_buffer: int = 256
@@ -151,6 +180,8 @@ class LoaderConfig(Strict):
         self.validate()
 
     def validate(self) -> None:
+        if isinstance(self.speed, dict):  # LoaderConfig(speed={...}) in Python code
+            object.__setattr__(self, "speed", SpeedConfig.from_dict(self.speed))
         if self.relaxation not in RELAXATION_MODES:
             raise ValueError(f"data.relaxation must be one of {RELAXATION_MODES}, not {self.relaxation!r}")
         if self.view_alignment not in VIEW_ALIGNMENTS:
@@ -200,15 +231,16 @@ class LoaderConfig(Strict):
             raise ValueError(f"data.audio_seconds={self.audio_seconds} is shorter than one hop ({self.hop} samples "
                              f"at {sample_rate} Hz)")
         return train_graph_spec(self.view(), fps, sample_rate, relaxation=self.relaxation,
-                                extreme_gap=self.extreme_gap, view_alignment=self.view_alignment)
+                                extreme_gap=self.extreme_gap, view_alignment=self.view_alignment,
+                                speed=self.speed.spec())
 
 
 def train_graph_spec(view: ViewSpec, fps: float, sample_rate: int, *, relaxation: str, extreme_gap: float,
-                     view_alignment: str) -> TrainGraphSpec:
+                     view_alignment: str, speed: SpeedSpec | None = None) -> TrainGraphSpec:
     """The training graph's spec: a view at the shards' rates plus how the two views are placed."""
     return TrainGraphSpec(geometry=view.geometry(fps, sample_rate), crop=view.crop, relaxation=relaxation,
                           extreme_gap=extreme_gap, view_alignment=view_alignment, video_aug=view.video_aug,
-                          audio_aug=view.audio_aug, mel=view.mel(sample_rate))
+                          audio_aug=view.audio_aug, mel=view.mel(sample_rate), speed=speed)
 
 
 def eval_graph_spec(view: ViewSpec, fps: float, sample_rate: int, *, clips: int, sampling: str,
@@ -551,6 +583,7 @@ class TrainLoader:
         key_info = named["key"].as_array()[mapping]
         times = torch.from_numpy(named["times"].as_array()[mapping].copy())
         fallback = torch.from_numpy(named["fallback"].as_array()[mapping].astype(np.int32))
+        speed = torch.from_numpy(named["speed"].as_array()[mapping].astype(np.float32))  # [B, 4]: v1, a1, v2, a2
         self._counts["samples"] += len(key_info)
         data_error = self._check_bound()
         self._counts["batches"] += 1
@@ -558,7 +591,7 @@ class TrainLoader:
         self._counts["fallback_padded"] += int((fallback == FALLBACK_PADDED).sum())
         v1, v2, a1, a2 = (_to_torch(t, self.device) for t in work)
         return {"v1": v1, "v2": v2, "a1": a1, "a2": a2, "key": _keys_from_source_info(key_info), "times": times,
-                "fallback": fallback, "data_error": data_error}
+                "fallback": fallback, "speed": speed, "data_error": data_error}
 
     def _check_bound(self) -> str | None:
         """None, or (past data.max_bad_fraction) the error message; raised unless the trainer asked
@@ -585,6 +618,8 @@ class TrainLoader:
     def _fingerprint(self) -> str:
         # the rates as the shards hold them, as a config stated them before they came from the shards
         config = dict(asdict(self.config), fps=float(self.fps), sample_rate=int(self.sample_rate))
+        if not self.config.speed.enabled:  # states saved before data.speed existed stay resumable
+            del config["speed"]
         return json.dumps([config, self.batch_size, self.rank, self.world_size, self.seed], sort_keys=True, default=str)
 
     def state_dict(self) -> dict[str, Any]:

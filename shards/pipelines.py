@@ -20,7 +20,7 @@ the ``mixed`` backend and runs every later operator on the GPU.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -78,6 +78,19 @@ class ReaderSpec:
 
 
 @dataclass(frozen=True)
+class SpeedSpec:
+    """SvaCLR's speed co-augmentation of view 2 (view 1 stays at speed 1): integer speeds drawn
+    uniformly per sample from ``video`` and ``audio`` (independently; ``tie``: one draw for both).
+    Video at speed s takes every ``s * stride``-th shard frame; audio takes a window s times longer
+    and resamples it to the view's sample count (anti-aliased, ``_sped_to_view``), so its pitch
+    rises by s, as torchaudio's Resample in the paper)."""
+
+    video: tuple[int, ...] = (1, 2, 3, 4)
+    audio: tuple[int, ...] = (1, 2, 3, 4)
+    tie: bool = False
+
+
+@dataclass(frozen=True)
 class TrainGraphSpec:
     geometry: ViewGeometry = field(default_factory=ViewGeometry)
     crop: int = 112
@@ -87,6 +100,7 @@ class TrainGraphSpec:
     video_aug: VideoAugment = field(default_factory=VideoAugment)
     audio_aug: AudioAugment = field(default_factory=AudioAugment)
     mel: LogMel = field(default_factory=LogMel)
+    speed: SpeedSpec | None = None  # None: no speed views (the graph is exactly the one without the option)
 
 
 @dataclass(frozen=True)
@@ -126,9 +140,12 @@ def _key_bytes(encoded: DataNode) -> DataNode:
     return fn.pad(fn.get_property(encoded, key="source_info"), axes=[0], shape=[KEY_BYTES], fill_value=0)
 
 
-def _frame_list(span: ClipSpan, first: DataNode, geo: ViewGeometry) -> DataNode:
-    """``first + stride * [0..T)`` clamped to the clip (the last frame repeats past the end)."""
+def _frame_list(span: ClipSpan, first: DataNode, geo: ViewGeometry, speed: DataNode | None = None) -> DataNode:
+    """``first + speed * stride * [0..T)`` clamped to the clip (the last frame repeats past the
+    end); ``speed``: a per-sample integer-valued float (None: 1)."""
     offsets = types.Constant(np.arange(geo.frames, dtype=np.int32) * geo.stride)
+    if speed is not None:
+        offsets = offsets * fn.cast(speed, dtype=types.INT32)
     frames = first + offsets
     return fn.cast(dmath.min(frames, fn.cast(dmath.max(span.num_frames - 1.0, 0.0), dtype=types.INT32)), dtype=types.INT32)
 
@@ -142,10 +159,10 @@ def _decode(video: DataNode, frames: DataNode, device: str, decoder: str | None 
     return decoded.gpu() if device == "gpu" and decoder == "cpu" else decoded
 
 
-def _audio_window(pcm: DataNode, first: DataNode, num_samples: int) -> DataNode:
-    """Cut ``num_samples`` int16 samples at ``first`` out of the raw PCM (zeros past the end).
-    Only the window is copied, so the cost does not grow with the clip."""
-    length = types.Constant(np.int64(num_samples))
+def _audio_window(pcm: DataNode, first: DataNode, num_samples: int | DataNode) -> DataNode:
+    """Cut ``num_samples`` int16 samples (a constant, or a per-sample int64) at ``first`` out of
+    the raw PCM (zeros past the end). Only the window is copied, so the cost does not grow with the clip."""
+    length = types.Constant(np.int64(num_samples)) if isinstance(num_samples, int) else num_samples
     return fn.slice(pcm, first, length, axes=[0], out_of_bounds_policy="pad", fill_values=0)
 
 
@@ -166,7 +183,7 @@ def _pcm(audio_bytes: DataNode, audio_format: str) -> DataNode:
 
 
 PLAN_DATA = ("video", "frames", "wave1", "wave2")  # plan outputs that feed the work stage
-PLAN_META = ("key", "times", "fallback")  # plan -> loader
+PLAN_META = ("key", "times", "fallback", "speed")  # plan -> loader
 PLAN_OUTPUTS = (*PLAN_DATA, *PLAN_META)  # plan_graph's named outputs, in order; the draws follow them
 
 
@@ -195,8 +212,35 @@ def work_graph(spec: TrainGraphSpec, draws: RecordedDraws, device: str) -> tuple
     views_a = []
     for name in ("wave1", "wave2"):
         pcm = fn.external_source(name=name, dtype=types.INT16, ndim=1, no_copy=True)
-        views_a.append(augment_audio(_to_float(pcm, device), spec.audio_aug, spec.mel, geo.audio_samples, draws))
+        wave = _sped_to_view(pcm, geo.audio_samples, device) if spec.speed and name == "wave2" else _to_float(pcm, device)
+        views_a.append(augment_audio(wave, spec.audio_aug, spec.mel, geo.audio_samples, draws))
     return (*views_v, *views_a)
+
+
+def _sped_to_view(pcm_window: DataNode, num_samples: int, device: str) -> DataNode:
+    """A view-2 window of ``s * num_samples`` int16 samples -> ``num_samples`` float32 samples.
+
+    ``fn.resize`` on the signal seen as a 1 x L image, Lanczos-3 with ``antialias``: for a
+    downscale by s the kernel widens by s, so it low-passes at the new Nyquist before it
+    decimates, as torchaudio's ``Resample`` (the paper's A.2) does. ``fn.audio_resample`` is not
+    used: with ``out_length``/``scale``/``in_rate`` it decimates without that low-pass (a 3 kHz tone
+    sped up 4x came out folded to 1 kHz at full level; tests/test_loader_speed.py). Output sample n
+    sits at input position (n + 0.5) * s - 0.5 (pixel centres): a (s - 1) / 2-sample lead on
+    ``x[::s]``, under 0.1 ms. It runs on the CPU (cheap next to decoding) before the audio moves to
+    the GPU; a speed-1 window comes out unchanged up to float rounding (2e-8)."""
+    wave = fn.cast(pcm_window, dtype=types.FLOAT) * (1.0 / 32768.0)
+    image = fn.reshape(wave, shape=[1, -1, 1], layout="HWC")
+    image = fn.resize(image, size=[1, num_samples], interp_type=types.INTERP_LANCZOS3, antialias=True,
+                      dtype=types.FLOAT)
+    wave = fn.reshape(image, shape=[num_samples], layout="")
+    return wave.gpu() if device == "gpu" else wave
+
+
+def _speed_draws(speed: SpeedSpec) -> tuple[DataNode, DataNode]:
+    """(s_v, s_a) per sample, float32 integer values, uniform over each set."""
+    s_v = fn.random.uniform(values=[float(v) for v in speed.video], dtype=types.FLOAT)
+    s_a = s_v if speed.tie else fn.random.uniform(values=[float(a) for a in speed.audio], dtype=types.FLOAT)
+    return s_v, s_a
 
 
 def plan_graph(spec: TrainGraphSpec, reader: ReaderSpec, draw_specs: list[DrawSpec]) -> tuple[DataNode, ...]:
@@ -206,16 +250,28 @@ def plan_graph(spec: TrainGraphSpec, reader: ReaderSpec, draw_specs: list[DrawSp
     video, audio, index = _reader(reader, [shard_format.VIDEO_EXT, reader.audio_ext, shard_format.INDEX_EXT])
     span = clip_span(parse_index(index))
     geo = spec.geometry
-    starts = sample_view_starts(span, geo, spec.relaxation, extreme_gap=spec.extreme_gap, alignment=spec.view_alignment)
+    speed = spec.speed
+    # With speeds the start interval (and the fallback codes) are those of the longest window, so
+    # t1/t2 do not depend on the speeds drawn.
+    start_geo = geo if speed is None else replace(
+        geo, stride=geo.stride * max(speed.video), audio_seconds=geo.audio_seconds * max(speed.audio))
+    starts = sample_view_starts(span, start_geo, spec.relaxation, extreme_gap=spec.extreme_gap, alignment=spec.view_alignment)
+    s_v, s_a = _speed_draws(speed) if speed is not None else (None, None)
     frame_ids = fn.cat(
         _frame_list(span, start_frame(span, starts.video1), geo),
-        _frame_list(span, start_frame(span, starts.video2), geo),
+        _frame_list(span, start_frame(span, starts.video2), geo, s_v),
     )
     pcm = _pcm(audio, reader.audio_format)
-    waves = [_audio_window(pcm, start_sample(span, t), geo.audio_samples) for t in (starts.audio1, starts.audio2)]
+    length2 = geo.audio_samples if s_a is None else fn.cast(s_a * float(geo.audio_samples), dtype=types.INT64)
+    waves = [_audio_window(pcm, start_sample(span, starts.audio1), geo.audio_samples),
+             _audio_window(pcm, start_sample(span, starts.audio2), length2)]
     times = fn.stack(starts.video1, starts.audio1, starts.video2, starts.audio2)
     draws = [make_random(s) for s in draw_specs]
-    return (video, frame_ids, *waves, _key_bytes(index), times, starts.fallback, *draws)
+    # (v1, a1, v2, a2) speeds; without the option all ones, built after every random operator so
+    # that the graph draws exactly what it drew before the option existed
+    one = fn.cast(starts.fallback * 0 + 1, dtype=types.FLOAT)
+    speeds = fn.stack(one, one, s_v if s_v is not None else one, s_a if s_a is not None else one)
+    return (video, frame_ids, *waves, _key_bytes(index), times, starts.fallback, speeds, *draws)
 
 
 def _eval_starts(span: ClipSpan, spec: EvalGraphSpec) -> DataNode:
