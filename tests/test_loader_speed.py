@@ -176,3 +176,19 @@ def test_speeds_are_uniform_independent_and_tie_ties(shards):
     assert 0.15 < equal < 0.37  # independent draws agree 1/4 of the time
     tied = np.stack([r["speed"] for r in _plan_draws(shards, rounds=10, tie=True, video=[1, 2], audio=[2, 1])])
     assert (tied[:, 2] == tied[:, 3]).all() and set(tied[:, 2]) == {1.0, 2.0}
+
+
+def test_speed_draws_resume_from_a_loader_checkpoint(shards):
+    """The speeds are drawn in the checkpointed plan pipeline: a restored loader continues with the
+    same speeds and the same frames as the uninterrupted one."""
+    loader = build_train_loader(_config(shards), batch_size=2, seed=9)  # 3 samples: one batch per epoch
+    list(iter(loader))
+    state = loader.state_dict()
+    expected = list(iter(loader)) + list(iter(loader))
+    restored = build_train_loader(_config(shards), batch_size=2, seed=9)
+    restored.load_state_dict(state)
+    got = list(iter(restored)) + list(iter(restored))
+    assert len(got) == len(expected) == 2
+    for a, b in zip(expected, got):
+        assert a["key"] == b["key"]
+        assert torch.equal(a["speed"], b["speed"]) and torch.equal(a["v2"], b["v2"]) and torch.equal(a["a2"], b["a2"])
