@@ -192,3 +192,26 @@ def test_speed_draws_resume_from_a_loader_checkpoint(shards):
     for a, b in zip(expected, got):
         assert a["key"] == b["key"]
         assert torch.equal(a["speed"], b["speed"]) and torch.equal(a["v2"], b["v2"]) and torch.equal(a["a2"], b["a2"])
+
+
+def test_view2_audio_pitch_rises_by_the_audio_speed(shards):
+    """Through the whole loader (work graph, log-mel): the index clips' audio is a chirp of
+    220 + 40 t Hz, so a2's strongest mel band sits at s_a times the chirp's frequency over its
+    s_a-times longer window, relative to a1's (relaxation none: both views start together)."""
+    import librosa
+
+    centres = librosa.mel_frequencies(n_mels=82, fmin=0.0, fmax=SR / 2)[1:-1]  # the 80 bands' centres
+    loader = build_train_loader(_config(shards), batch_size=2, seed=4)
+    checked = set()
+    for _ in range(6):
+        for batch in loader:
+            for b in range(2):
+                if batch["fallback"][b] != FALLBACK_NONE:
+                    continue
+                s_a, t = int(batch["speed"][b, 3]), batch["times"][b, 1].item()
+                peak1 = centres[batch["a1"][b, 0].mean(dim=1).argmax()]
+                peak2 = centres[batch["a2"][b, 0].mean(dim=1).argmax()]
+                expected = s_a * (220 + 40 * (t + s_a / 2)) / (220 + 40 * (t + 0.5))
+                assert abs(peak2 / peak1 / expected - 1) < 0.15, (s_a, peak1, peak2, expected)
+                checked.add(s_a)
+    assert len(checked) >= 3
