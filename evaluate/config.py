@@ -26,7 +26,8 @@ SPLIT_MODES = ("auto", "folds", "split")
 CLASSIFIERS = ("svm", "fc")
 MODALITIES = ("video", "audio")
 # loader options that must match the encoder's training input (train/export.py "input")
-FRONT_END_KEYS = ("frame_stride", "fps", "sample_rate", "n_mels", "n_fft", "hop", "logmel_mean", "logmel_std")
+FRONT_END_KEYS = ("frame_stride", "fps", "sample_rate", "n_mels", "n_fft", "hop", "logmel_mean", "logmel_std",
+                  "audio_frontend")
 RETRIEVAL_DIRECTIONS = ("video->video", "audio->audio", "video->audio", "audio->video")
 # Linear SVM costs swept by cross-validation on the training side (supplement E.1)
 COSTS: tuple[float, ...] = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 1.0)
@@ -150,6 +151,7 @@ class EvalLoaderConfig:
     hop: int | None = None
     logmel_mean: float | None = None
     logmel_std: float | None = None
+    audio_frontend: str | None = None  # logmel | logspec | logfbank (None: the encoder's own)
     num_threads: int = 2  # DALI threads
     # samples failing the loader's screen (shards/screen.py) are skipped and listed in results.json,
     # up to this fraction of the dataset (the training default); 0 = strict: any bad sample stops
@@ -162,6 +164,10 @@ class EvalLoaderConfig:
                 raise ValueError(f"loader.{key} must be a number in [1, {1 << 20}], got {value!r}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ValueError(f"loader.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction!r}")
+        from crisscross.shards.augment import AUDIO_FRONTENDS  # lazily: DALI is not needed to read a config
+
+        if self.audio_frontend is not None and self.audio_frontend not in AUDIO_FRONTENDS:
+            raise ValueError(f"loader.audio_frontend must be one of {AUDIO_FRONTENDS}, got {self.audio_frontend!r}")
 
 
 @dataclass
@@ -224,7 +230,7 @@ class EvalConfig:
             if source and source != "random":
                 warnings.append(f"{source}: backbones.json records no encoder input (exported before format 2); "
                                 f"evaluating with the default input and audio front end {input_spec}")
-        flat = {**input_spec["video"], **input_spec["audio"]}
+        flat = {"audio_frontend": "logmel", **input_spec["video"], **input_spec["audio"]}  # older inputs: log-mel
         for key in ("frames", "crop", "audio_seconds"):
             if getattr(self, key) is None:
                 setattr(self, key, flat[key])
@@ -241,7 +247,8 @@ class EvalConfig:
         front = self.loader
         view = ViewSpec(frames=self.frames, frame_stride=front.frame_stride, crop=self.crop,
                         audio_seconds=self.audio_seconds, n_mels=front.n_mels, n_fft=front.n_fft, hop=front.hop,
-                        logmel_mean=front.logmel_mean, logmel_std=front.logmel_std)
+                        logmel_mean=front.logmel_mean, logmel_std=front.logmel_std,
+                        audio_frontend=front.audio_frontend or "logmel")
         return {"view": view, "fps": front.fps, "sample_rate": front.sample_rate, "num_threads": front.num_threads,
                 "max_bad_fraction": front.max_bad_fraction}
 

@@ -39,6 +39,11 @@ KINETICS_STD = (0.22803, 0.22145, 0.216989)
 LOGMEL_MEAN = -6.666
 LOGMEL_STD = 4.948
 LOG_EPS = 1e-6
+# logspec (10 log10 power, n_fft 512, hop 160, top_db 100 per 2 s window) mean and standard deviation
+# over all bins and frames of the 400 ESC-10 recordings at 16 kHz cut into 2 s windows (41.1 M values;
+# docs/shards.md "Audio front ends"): a global normalisation, not AVID's per-bin z-norm.
+LOGSPEC_MEAN = -30.76
+LOGSPEC_STD = 28.58
 
 
 def _from_dict(cls, values: dict | None):
@@ -121,9 +126,26 @@ class AudioAugment:
         return cls(**off)
 
 
+# ``audio_frontend`` (docs/shards.md "Audio front ends"): logmel (CrissCross), logspec (AVID's
+# log power spectrogram), logfbank (GDT/STiCA/SvaCLR's log filterbank).
+AUDIO_FRONTENDS = ("logmel", "logspec", "logfbank")
+PREEMPHASIS = 0.97  # logfbank (python_speech_features' default, GDT's front end)
+FBANK_WINDOW_SECONDS = 0.02  # logfbank: 20 ms rectangular window
+DB_FLOOR = 1e-10  # logspec: 10 log10(max(S, 1e-10)), librosa.power_to_db's amin
+TOP_DB = 100.0  # logspec: values below the sample's maximum - 100 dB are raised to it
+
+
 @dataclass(frozen=True)
 class LogMel:
-    """Log-mel front end: librosa.feature.melspectrogram(power=2, slaney) then log(x + eps)."""
+    """Audio front end (named after its default, the log-mel). ``frontend``:
+
+    - ``logmel``: librosa.feature.melspectrogram(power=2, slaney) then log(x + eps), Hann n_fft window;
+    - ``logspec``: |STFT|^2 (Hann n_fft window, n_fft // 2 + 1 bins), 10 log10(max(S, 1e-10)),
+      floored at the sample's max - 100 dB (librosa.power_to_db(ref=1, top_db=100));
+    - ``logfbank``: pre-emphasis 0.97, 20 ms rectangular window zero-padded to n_fft, |STFT|^2,
+      ``n_mels`` HTK mel filters (unnormalised triangles), log(x + eps).
+
+    ``normalize`` applies the global ``(x - mean) / std``; logfbank is never normalised (GDT)."""
 
     sample_rate: int = 16000
     n_fft: int = 1024
@@ -134,6 +156,29 @@ class LogMel:
     mean: float = LOGMEL_MEAN
     std: float = LOGMEL_STD
     normalize: bool = True
+    frontend: str = "logmel"
+
+    def __post_init__(self) -> None:
+        if self.frontend not in AUDIO_FRONTENDS:
+            raise ValueError(f"audio_frontend must be one of {AUDIO_FRONTENDS}, not {self.frontend!r}")
+        if self.frontend == "logfbank" and self.window_length > self.n_fft:
+            raise ValueError(f"logfbank: the 20 ms window ({self.window_length} samples) is longer than "
+                             f"n_fft={self.n_fft}")
+
+    @property
+    def bins(self) -> int:
+        """Rows of the map: n_fft // 2 + 1 for logspec, else n_mels."""
+        return self.n_fft // 2 + 1 if self.frontend == "logspec" else self.n_mels
+
+    @property
+    def window_length(self) -> int:
+        if self.frontend == "logfbank":
+            return int(round(FBANK_WINDOW_SECONDS * self.sample_rate))
+        return self.n_fft
+
+    @property
+    def normalized(self) -> bool:
+        return self.normalize and self.frontend != "logfbank"
 
     def frames(self, num_samples: int) -> int:
         """Frames kept for a window: floor(samples / hop) (2 s at 16 kHz, hop 160 -> 200)."""
@@ -380,6 +425,38 @@ def log_mel(wave: DataNode, mel: LogMel, num_samples: int) -> DataNode:
     return logmel[:, : mel.frames(num_samples)]
 
 
+def log_spec(wave: DataNode, mel: LogMel, num_samples: int) -> DataNode:
+    """float32 waveform ``[N]`` -> ``[n_fft // 2 + 1, N // hop]`` dB power spectrogram (AVID):
+    librosa.power_to_db(|stft(n_fft, hann, centred, zero-padded)|^2, ref=1, amin=1e-10, top_db=100)."""
+    spec = fn.spectrogram(wave, nfft=mel.n_fft, window_length=mel.n_fft, window_step=mel.hop, center_windows=True,
+                          reflect_padding=False, power=2, window_fn=_periodic_hann(mel.n_fft))
+    spec = spec[:, : mel.frames(num_samples)]
+    db = fn.to_decibels(spec, multiplier=10.0, reference=1.0, cutoff_db=10.0 * math.log10(DB_FLOOR))
+    # top_db over the kept frames: the sample's own maximum (per sample, like librosa's per call)
+    return dmath.max(db, fn.reductions.max(db) - TOP_DB)
+
+
+def log_fbank(wave: DataNode, mel: LogMel, num_samples: int) -> DataNode:
+    """float32 waveform ``[N]`` -> ``[n_mels, N // hop]`` log filterbank (GDT/STiCA/SvaCLR):
+    pre-emphasis 0.97 (first sample kept), 20 ms rectangular window zero-padded to n_fft, power
+    spectrum, HTK mel filters without area normalisation, natural log (+ eps, no normalisation)."""
+    wave = fn.preemphasis_filter(wave, preemph_coeff=PREEMPHASIS, border="zero")
+    spec = fn.spectrogram(wave, nfft=mel.n_fft, window_length=mel.window_length, window_step=mel.hop,
+                          center_windows=True, reflect_padding=False, power=2, window_fn=[1.0] * mel.window_length)
+    bank = fn.mel_filter_bank(spec, sample_rate=float(mel.sample_rate), nfilter=mel.n_mels, freq_low=mel.fmin,
+                              freq_high=float(mel.fmax or mel.sample_rate / 2), mel_formula="htk", normalize=False)
+    return dmath.log(bank + LOG_EPS)[:, : mel.frames(num_samples)]
+
+
+def audio_features(wave: DataNode, mel: LogMel, num_samples: int) -> DataNode:
+    """The front end ``mel.frontend`` (not normalised): ``[mel.bins, N // hop]``."""
+    if mel.frontend == "logspec":
+        return log_spec(wave, mel, num_samples)
+    if mel.frontend == "logfbank":
+        return log_fbank(wave, mel, num_samples)
+    return log_mel(wave, mel, num_samples)
+
+
 def _resize_2d(spec: DataNode, height, width, interp=types.INTERP_LINEAR) -> DataNode:
     """Resize a 2-D map (treated as a 1-channel image) to (height, width); width may be per-sample."""
     image = fn.reshape(fn.expand_dims(spec, axes=[2]), layout="HWC")
@@ -458,16 +535,16 @@ def _random_resized_crop(spec: DataNode, aug: AudioAugment, n_mels: int, n_frame
 
 
 def augment_audio(wave: DataNode, aug: AudioAugment, mel: LogMel, num_samples: int, draws: Draws) -> DataNode:
-    """float32 waveform ``[N]`` -> ``[1, n_mels, N // hop]`` float32 normalized log-mel."""
+    """float32 waveform ``[N]`` -> ``[1, mel.bins, N // hop]`` float32 front end (normalised unless logfbank)."""
     if aug.volume:
         wave = wave * draws.uniform(1.0 - aug.volume_range, 1.0 + aug.volume_range, name="audio.volume")
-    spec = log_mel(wave, mel, num_samples)
-    if mel.normalize:
+    spec = audio_features(wave, mel, num_samples)
+    if mel.normalized:
         spec = (spec - mel.mean) * (1.0 / mel.std)
     n_frames = mel.frames(num_samples)
     if aug.time_warp:
-        spec = _time_warp(spec, aug, mel.n_mels, n_frames, draws)
-    spec = _masks(spec, aug, mel.n_mels, n_frames, draws)
+        spec = _time_warp(spec, aug, mel.bins, n_frames, draws)
+    spec = _masks(spec, aug, mel.bins, n_frames, draws)
     if aug.random_crop:
-        spec = _random_resized_crop(spec, aug, mel.n_mels, n_frames, draws)
+        spec = _random_resized_crop(spec, aug, mel.bins, n_frames, draws)
     return fn.expand_dims(fn.reshape(spec, layout=""), axes=[0])

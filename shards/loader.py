@@ -28,7 +28,7 @@ from nvidia.dali.backend import TensorCPU
 from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 
 from crisscross.config import Strict
-from crisscross.shards.augment import AudioAugment, AugmentConfig, LogMel, RecordedDraws, VideoAugment
+from crisscross.shards.augment import AUDIO_FRONTENDS, AudioAugment, AugmentConfig, LogMel, RecordedDraws, VideoAugment
 from crisscross.shards.bad_samples import DEFAULT_MAX_BAD_FRACTION, BadSample, BadSampleTracker
 from crisscross.shards.dataset import Dataset, ShardError  # noqa: F401 (ShardError re-exported)
 from crisscross.shards.mjpeg_frames import FrameTables, Mp4Error, jpeg_frames
@@ -54,7 +54,8 @@ STATE_VERSION = 1
 
 # backbones.json "input" (train/export.py): the view keys per modality, rates included
 VIDEO_INPUT_KEYS = ("frames", "frame_stride", "crop", "fps")
-AUDIO_INPUT_KEYS = ("audio_seconds", "sample_rate", "n_mels", "n_fft", "hop", "logmel_mean", "logmel_std")
+AUDIO_INPUT_KEYS = ("audio_seconds", "sample_rate", "n_mels", "n_fft", "hop", "logmel_mean", "logmel_std",
+                    "audio_frontend")
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class ViewSpec:
     hop: int = 160
     logmel_mean: float = LogMel.mean
     logmel_std: float = LogMel.std
+    audio_frontend: str = "logmel"  # logmel | logspec | logfbank (shards/augment.py LogMel)
     video_aug: VideoAugment = field(default_factory=VideoAugment)
     audio_aug: AudioAugment = field(default_factory=AudioAugment)
 
@@ -82,7 +84,8 @@ class ViewSpec:
         return ViewGeometry(self.frames, self.frame_stride, self.audio_seconds, fps, sample_rate)
 
     def mel(self, sample_rate: int) -> LogMel:
-        return LogMel(sample_rate, self.n_fft, self.hop, self.n_mels, mean=self.logmel_mean, std=self.logmel_std)
+        return LogMel(sample_rate, self.n_fft, self.hop, self.n_mels, mean=self.logmel_mean, std=self.logmel_std,
+                      frontend=self.audio_frontend)
 
     def with_augment(self, augment: str) -> ViewSpec:
         """``none``: no augmentation; ``linear``: the linear-evaluation set (Tables S3/S4: no blur,
@@ -103,7 +106,7 @@ class ViewSpec:
     @classmethod
     def from_input(cls, spec: dict[str, dict[str, Any]], **augment: Any) -> ViewSpec:
         """A spec from a backbones.json "input" (its rates are returned by ``input_rates``)."""
-        flat = {**spec["video"], **spec["audio"]}
+        flat = {"audio_frontend": "logmel", **spec["video"], **spec["audio"]}  # exports before front ends: log-mel
         return cls(**{k: flat[k] for k in (*VIDEO_INPUT_KEYS, *AUDIO_INPUT_KEYS) if k not in ("fps", "sample_rate")},
                    **augment)
 
@@ -163,8 +166,9 @@ class LoaderConfig(Strict):
     n_mels: int = 80
     n_fft: int = 1024
     hop: int = 160
-    logmel_mean: float = LogMel.mean
+    logmel_mean: float = LogMel.mean  # normalisation of logmel/logspec (logfbank is never normalised)
     logmel_std: float = LogMel.std
+    audio_frontend: str = "logmel"  # logmel | logspec (AVID) | logfbank (GDT/STiCA/SvaCLR): docs/shards.md
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)  # SvaCLR's speed views (off by default)
     num_threads: int = 2
@@ -189,6 +193,8 @@ class LoaderConfig(Strict):
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ValueError(f"data.max_bad_fraction must be in [0, 1] (0 = stop at the first bad sample), "
                              f"got {self.max_bad_fraction!r}")
+        if self.audio_frontend not in AUDIO_FRONTENDS:
+            raise ValueError(f"data.audio_frontend must be one of {AUDIO_FRONTENDS}, not {self.audio_frontend!r}")
         if self.missing_components not in ("skip", "error"):
             raise ValueError("data.missing_components must be 'skip' or 'error'")
         if self.frames < 1 or self.crop < 1 or not self.audio_seconds > 0:
@@ -212,7 +218,8 @@ class LoaderConfig(Strict):
     def view(self) -> ViewSpec:
         """This config's view (the pretraining augmentations of ``augment``)."""
         return ViewSpec(self.frames, self.frame_stride, self.crop, self.audio_seconds, self.n_mels, self.n_fft,
-                        self.hop, self.logmel_mean, self.logmel_std, self.augment.video, self.augment.audio)
+                        self.hop, self.logmel_mean, self.logmel_std, self.audio_frontend, self.augment.video,
+                        self.augment.audio)
 
     def rates(self) -> tuple[float, int]:
         """The shards' (fps, sample rate): from the dataset when ``shards`` is set, else the builder's defaults."""
@@ -620,6 +627,8 @@ class TrainLoader:
         config = dict(asdict(self.config), fps=float(self.fps), sample_rate=int(self.sample_rate))
         if not self.config.speed.enabled:  # states saved before data.speed existed stay resumable
             del config["speed"]
+        if self.config.audio_frontend == "logmel":  # and so do states saved before data.audio_frontend
+            del config["audio_frontend"]
         return json.dumps([config, self.batch_size, self.rank, self.world_size, self.seed], sort_keys=True, default=str)
 
     def state_dict(self) -> dict[str, Any]:

@@ -128,6 +128,9 @@ def _checked_input(spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     from crisscross.shards.loader import AUDIO_INPUT_KEYS, VIDEO_INPUT_KEYS
 
     known = {"video": VIDEO_INPUT_KEYS, "audio": AUDIO_INPUT_KEYS}
+    if isinstance(spec.get("audio"), Mapping) and "audio_frontend" not in spec["audio"]:
+        # exports and release inputs written before data.audio_frontend existed: all log-mel
+        spec = {**spec, "audio": {**spec["audio"], "audio_frontend": "logmel"}}
     if set(spec) != set(known):
         raise ValueError(f"input spec needs exactly the sections {sorted(known)}, got {sorted(spec)}")
     for section, keys in known.items():
