@@ -27,7 +27,7 @@ CLASSIFIERS = ("svm", "fc")
 MODALITIES = ("video", "audio")
 # loader options that must match the encoder's training input (train/export.py "input")
 FRONT_END_KEYS = ("frame_stride", "fps", "sample_rate", "n_mels", "n_fft", "hop", "logmel_mean", "logmel_std",
-                  "audio_frontend")
+                  "audio_frontend", "video_mean", "video_std")
 RETRIEVAL_DIRECTIONS = ("video->video", "audio->audio", "video->audio", "audio->video")
 # Linear SVM costs swept by cross-validation on the training side (supplement E.1)
 COSTS: tuple[float, ...] = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 1.0)
@@ -152,6 +152,10 @@ class EvalLoaderConfig:
     logmel_mean: float | None = None
     logmel_std: float | None = None
     audio_frontend: str | None = None  # logmel | logspec | logfbank (None: the encoder's own)
+    # RGB normalisation per channel (pixels in [0, 1]); None: the encoder's own (imported weights:
+    # their release's, docs/weights.md), else the Kinetics statistics
+    video_mean: list[float] | None = None
+    video_std: list[float] | None = None
     num_threads: int = 2  # DALI threads
     # samples failing the loader's screen (shards/screen.py) are skipped and listed in results.json,
     # up to this fraction of the dataset (the training default); 0 = strict: any bad sample stops
@@ -164,6 +168,11 @@ class EvalLoaderConfig:
                 raise ValueError(f"loader.{key} must be a number in [1, {1 << 20}], got {value!r}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ValueError(f"loader.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction!r}")
+        for key in ("video_mean", "video_std"):
+            value = getattr(self, key)
+            if value is not None and (len(value) != 3 or (key == "video_std" and min(value) <= 0)):
+                raise ValueError(f"loader.{key} must be 3 numbers (R, G, B){' > 0' if key == 'video_std' else ''}, "
+                                 f"got {value!r}")
         from crisscross.shards.augment import AUDIO_FRONTENDS  # lazily: DALI is not needed to read a config
 
         if self.audio_frontend is not None and self.audio_frontend not in AUDIO_FRONTENDS:
@@ -222,6 +231,7 @@ class EvalConfig:
         end key given under ``loader``; the rest come from ``input_spec`` (backbones.json
         "input"), or from the data defaults when the encoder recorded none. Returns warnings.
         """
+        from crisscross.shards.augment import KINETICS_MEAN, KINETICS_STD
         from crisscross.train.export import default_encoder_input
 
         warnings = []
@@ -231,6 +241,8 @@ class EvalConfig:
                 warnings.append(f"{source}: backbones.json records no encoder input (exported before format 2); "
                                 f"evaluating with the default input and audio front end {input_spec}")
         flat = {"audio_frontend": "logmel", **input_spec["video"], **input_spec["audio"]}  # older inputs: log-mel
+        for key, default in (("video_mean", KINETICS_MEAN), ("video_std", KINETICS_STD)):
+            flat.setdefault(key, list(default))  # inputs recorded before the normalisation: Kinetics
         for key in ("frames", "crop", "audio_seconds"):
             if getattr(self, key) is None:
                 setattr(self, key, flat[key])
@@ -248,7 +260,8 @@ class EvalConfig:
         view = ViewSpec(frames=self.frames, frame_stride=front.frame_stride, crop=self.crop,
                         audio_seconds=self.audio_seconds, n_mels=front.n_mels, n_fft=front.n_fft, hop=front.hop,
                         logmel_mean=front.logmel_mean, logmel_std=front.logmel_std,
-                        audio_frontend=front.audio_frontend or "logmel")
+                        audio_frontend=front.audio_frontend or "logmel",
+                        **{k: tuple(getattr(front, k)) for k in ("video_mean", "video_std") if getattr(front, k) is not None})
         return {"view": view, "fps": front.fps, "sample_rate": front.sample_rate, "num_threads": front.num_threads,
                 "max_bad_fraction": front.max_bad_fraction}
 

@@ -53,7 +53,9 @@ STATE_VERSION = 1
 
 
 # backbones.json "input" (train/export.py): the view keys per modality, rates included
-VIDEO_INPUT_KEYS = ("frames", "frame_stride", "crop", "fps")
+# (video_mean / video_std: the RGB normalisation, per channel on [0, 1] pixels; exports older than
+# these keys were all normalised with the Kinetics statistics, which is what reading one gives)
+VIDEO_INPUT_KEYS = ("frames", "frame_stride", "crop", "fps", "video_mean", "video_std")
 AUDIO_INPUT_KEYS = ("audio_seconds", "sample_rate", "n_mels", "n_fft", "hop", "logmel_mean", "logmel_std",
                     "audio_frontend")
 
@@ -79,6 +81,15 @@ class ViewSpec:
     audio_frontend: str = "logmel"  # logmel | logspec | logfbank (shards/augment.py LogMel)
     video_aug: VideoAugment = field(default_factory=VideoAugment)
     audio_aug: AudioAugment = field(default_factory=AudioAugment)
+    # The RGB normalisation (per channel, pixels in [0, 1]). It is part of the input, not of the
+    # augmentation: it replaces ``video_aug``'s own mean/std (``video_augment``), so ``with_augment``
+    # keeps it (imported weights were trained with their own: docs/weights.md)
+    video_mean: tuple[float, float, float] = VideoAugment.mean  # Kinetics statistics
+    video_std: tuple[float, float, float] = VideoAugment.std
+
+    def video_augment(self) -> VideoAugment:
+        """``video_aug`` normalising with this view's ``video_mean`` / ``video_std``."""
+        return replace(self.video_aug, mean=tuple(self.video_mean), std=tuple(self.video_std))
 
     def geometry(self, fps: float, sample_rate: int) -> ViewGeometry:
         return ViewGeometry(self.frames, self.frame_stride, self.audio_seconds, fps, sample_rate)
@@ -101,12 +112,15 @@ class ViewSpec:
     def to_input(self, fps: float, sample_rate: int) -> dict[str, dict[str, Any]]:
         """backbones.json "input": ``{"video": {frames, frame_stride, crop, fps}, "audio": {...}}``."""
         values = dict(asdict(self), fps=float(fps), sample_rate=int(sample_rate))
+        values.update(video_mean=[float(m) for m in self.video_mean], video_std=[float(s) for s in self.video_std])
         return {"video": {k: values[k] for k in VIDEO_INPUT_KEYS}, "audio": {k: values[k] for k in AUDIO_INPUT_KEYS}}
 
     @classmethod
     def from_input(cls, spec: dict[str, dict[str, Any]], **augment: Any) -> ViewSpec:
         """A spec from a backbones.json "input" (its rates are returned by ``input_rates``)."""
         flat = {"audio_frontend": "logmel", **spec["video"], **spec["audio"]}  # exports before front ends: log-mel
+        # exports before video_mean / video_std were normalised with the Kinetics statistics
+        flat.update({k: tuple(float(v) for v in flat.get(k, getattr(cls, k))) for k in ("video_mean", "video_std")})
         return cls(**{k: flat[k] for k in (*VIDEO_INPUT_KEYS, *AUDIO_INPUT_KEYS) if k not in ("fps", "sample_rate")},
                    **augment)
 
@@ -219,7 +233,8 @@ class LoaderConfig(Strict):
         """This config's view (the pretraining augmentations of ``augment``)."""
         return ViewSpec(self.frames, self.frame_stride, self.crop, self.audio_seconds, self.n_mels, self.n_fft,
                         self.hop, self.logmel_mean, self.logmel_std, self.audio_frontend, self.augment.video,
-                        self.augment.audio)
+                        self.augment.audio, video_mean=tuple(self.augment.video.mean),
+                        video_std=tuple(self.augment.video.std))
 
     def rates(self) -> tuple[float, int]:
         """The shards' (fps, sample rate): from the dataset when ``shards`` is set, else the builder's defaults."""
@@ -246,7 +261,7 @@ def train_graph_spec(view: ViewSpec, fps: float, sample_rate: int, *, relaxation
                      view_alignment: str, speed: SpeedSpec | None = None) -> TrainGraphSpec:
     """The training graph's spec: a view at the shards' rates plus how the two views are placed."""
     return TrainGraphSpec(geometry=view.geometry(fps, sample_rate), crop=view.crop, relaxation=relaxation,
-                          extreme_gap=extreme_gap, view_alignment=view_alignment, video_aug=view.video_aug,
+                          extreme_gap=extreme_gap, view_alignment=view_alignment, video_aug=view.video_augment(),
                           audio_aug=view.audio_aug, mel=view.mel(sample_rate), speed=speed)
 
 
@@ -254,7 +269,7 @@ def eval_graph_spec(view: ViewSpec, fps: float, sample_rate: int, *, clips: int,
                     modalities: tuple[str, ...]) -> EvalGraphSpec:
     """The evaluation graph's spec: a view at the shards' rates, K clips per sample."""
     return EvalGraphSpec(clips=clips, sampling=sampling, geometry=view.geometry(fps, sample_rate), crop=view.crop,
-                         video="video" in modalities, audio="audio" in modalities, video_aug=view.video_aug,
+                         video="video" in modalities, audio="audio" in modalities, video_aug=view.video_augment(),
                          audio_aug=view.audio_aug, mel=view.mel(sample_rate))
 
 

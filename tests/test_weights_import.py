@@ -227,6 +227,9 @@ def test_crisscross_release_round_trip(crisscross_release, tmp_path):
     assert meta["input"]["audio"]["logmel_mean"] == pytest.approx(-5.3688107)
     assert meta["source"]["release"] == "crisscross"
     assert meta["frontend"]["video"]["mean"] == [0.485, 0.456, 0.406]
+    # the release's RGB normalisation is part of the input the evaluators apply (ImageNet statistics)
+    assert meta["input"]["video"]["video_mean"] == [0.485, 0.456, 0.406]
+    assert meta["input"]["video"]["video_std"] == [0.229, 0.224, 0.225]
 
 
 def test_crisscross_files_in_either_order_and_unzipped(crisscross_release, tmp_path):
@@ -268,6 +271,8 @@ def test_avid_cma_release_round_trip(avid_release, tmp_path):
     torch.testing.assert_close(video, ref_v, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(audio, ref_a, rtol=1e-4, atol=1e-4)
     assert cfg["audio_arch"] == "avid_conv2d" and cfg["video_pool"] == "max" and cfg["audio_pool"] == "max"
+    video_input = json.loads((out / "backbones.json").read_text())["input"]["video"]
+    assert video_input["video_mean"] == [0.485, 0.456, 0.406] and video_input["video_std"] == [0.229, 0.224, 0.225]
     heads = report.skipped["projection/prediction heads (not part of the backbones)"]
     assert len(heads) == 8 and all(k.split(".")[0] in ("video_proj", "audio_proj") for k in heads)
 
@@ -280,6 +285,8 @@ def test_gdt_release_round_trip(gdt_release, tmp_path):
     torch.testing.assert_close(video, ref_v, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(audio, ref_a, rtol=1e-4, atol=1e-4)
     assert cfg["video_arch"] == "tv_r2plus1d" and cfg["audio_blocks"] == [1, 1, 1, 1]
+    video_input = json.loads((out / "backbones.json").read_text())["input"]["video"]
+    assert video_input["video_mean"] == [0.45] * 3 and video_input["video_std"] == [0.225] * 3  # GDT's own
     assert report.skipped["parameters the official forward pass never uses"] == [
         "audio_network.base.fc.weight", "audio_network.base.fc.bias"]
     # pooled output = the official avgpool of the same map

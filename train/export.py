@@ -131,6 +131,11 @@ def _checked_input(spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     if isinstance(spec.get("audio"), Mapping) and "audio_frontend" not in spec["audio"]:
         # exports and release inputs written before data.audio_frontend existed: all log-mel
         spec = {**spec, "audio": {**spec["audio"], "audio_frontend": "logmel"}}
+    if isinstance(spec.get("video"), Mapping) and not {"video_mean", "video_std"} & set(spec["video"]):
+        # exports written before the RGB normalisation was recorded: all used the Kinetics statistics
+        from crisscross.shards.augment import KINETICS_MEAN, KINETICS_STD
+
+        spec = {**spec, "video": {**spec["video"], "video_mean": list(KINETICS_MEAN), "video_std": list(KINETICS_STD)}}
     if set(spec) != set(known):
         raise ValueError(f"input spec needs exactly the sections {sorted(known)}, got {sorted(spec)}")
     for section, keys in known.items():

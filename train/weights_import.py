@@ -46,6 +46,8 @@ from crisscross.train.models import ModelConfig, build_audio_encoder, build_vide
 RELEASES = ("crisscross", "avid-cma", "gdt")
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
+GDT_MEAN = [0.45, 0.45, 0.45]
+GDT_STD = [0.225, 0.225, 0.225]
 
 
 class WeightsImportError(ValueError):
@@ -220,24 +222,24 @@ class Release:
 # config's names) and is what the evaluators reproduce; ``frontend`` records the rest of the
 # official front end and where this project's loaders differ from it (docs/weights.md).
 CRISSCROSS_INPUT = {
-    "video": {"frames": 8, "frame_stride": 1, "crop": 112, "fps": 16.0},
+    "video": {"frames": 8, "frame_stride": 1, "crop": 112, "fps": 16.0,
+              "video_mean": IMAGENET_MEAN, "video_std": IMAGENET_STD},
     "audio": {"audio_seconds": 2.0, "sample_rate": 16000, "n_mels": 80, "n_fft": 1024, "hop": 160,
               "logmel_mean": -5.3688107, "logmel_std": 4.410007},
 }
 CRISSCROSS_FRONTEND = {
-    "video": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD,
-              "differences": ["RGB normalised with ImageNet mean/std (the loaders default to Kinetics statistics)"]},
+    "video": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "differences": []},  # input.video_mean/std apply it
     "audio": {"kind": "logmel", "log_eps": 1.1920928955078125e-07,
               "differences": ["log(mel + float32 eps 1.19e-7) instead of log(mel + 1e-6): differs on near-silent bins"]},
 }
 AVID_INPUT = {
-    "video": {"frames": 8, "frame_stride": 1, "crop": 224, "fps": 16.0},
+    "video": {"frames": 8, "frame_stride": 1, "crop": 224, "fps": 16.0,
+              "video_mean": IMAGENET_MEAN, "video_std": IMAGENET_STD},
     "audio": {"audio_seconds": 2.0, "sample_rate": 24000, "n_mels": 257, "n_fft": 1024, "hop": 240,
               "logmel_mean": 0.0, "logmel_std": 1.0},
 }
 AVID_FRONTEND = {
-    "video": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD,
-              "differences": ["RGB normalised with ImageNet mean/std (the loaders default to Kinetics statistics)"]},
+    "video": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "differences": []},  # input.video_mean/std apply it
     "audio": {"kind": "log_spectrogram", "layout": "time_freq", "supported_by_loaders": False,
               "differences": ["linear-frequency power spectrogram (STFT 1024, bins 1..512 averaged in pairs: 257 "
                               "bins), power_to_db(top_db=100), per-bin (x - mean) / (std + 1e-5) with AVID-CMA's "
@@ -245,13 +247,13 @@ AVID_FRONTEND = {
                               "n_mels above is its bin count. Audio evaluations of these weights are not faithful yet"]},
 }
 GDT_INPUT = {
-    "video": {"frames": 30, "frame_stride": 1, "crop": 112, "fps": 30.0},
+    "video": {"frames": 30, "frame_stride": 1, "crop": 112, "fps": 30.0,
+              "video_mean": GDT_MEAN, "video_std": GDT_STD},
     "audio": {"audio_seconds": 1.0, "sample_rate": 24000, "n_mels": 40, "n_fft": 1024, "hop": 240,
               "logmel_mean": 1.93, "logmel_std": 17.89},
 }
 GDT_FRONTEND = {
-    "video": {"mean": [0.45, 0.45, 0.45], "std": [0.225, 0.225, 0.225],
-              "differences": ["RGB normalised with mean 0.45 / std 0.225 (the loaders default to Kinetics statistics)"]},
+    "video": {"mean": GDT_MEAN, "std": GDT_STD, "differences": []},  # input.video_mean/std apply it
     "audio": {"kind": "logfbank", "supported_by_loaders": False,
               "differences": ["python_speech_features.logfbank: 20 ms rectangular window, pre-emphasis 0.97, HTK "
                               "mel filters, natural log without eps; approximated by the log-mel above. Audio "
