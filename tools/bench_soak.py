@@ -23,8 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", type=int, default=1000, help="batches to run (default 1000)")
@@ -90,33 +88,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def soak(config: dict[str, Any], batches: int, every: int, *, train: bool) -> tuple[list[dict[str, float]], float]:
     """Run ``batches`` batches (with a training step each when ``train``); the sampled series."""
-    from contextlib import nullcontext
-
-    from crisscross.train.objective import CrissCrossObjective, ObjectiveConfig
-    from crisscross.train.optim import Schedule, build_optimizer, parameter_groups, set_learning_rates
+    from crisscross.train.distributed import setup_distributed
+    from crisscross.train.methods import model_kwargs
+    from crisscross.train.objectives.base import StepContext
+    from crisscross.train.optim import Schedule, set_learning_rates
     from crisscross.train.prefetch import Prefetcher
-    from crisscross.train.trainer import DTYPES, build_loader, build_model, setup_distributed, train_step
+    from crisscross.train.trainer import build_setup, model_views, train_step
 
     env = setup_distributed(config["run"])
-    objective_cfg = ObjectiveConfig.from_dict(config["objective"])
-    objective = CrissCrossObjective(objective_cfg)
-    model, raw = build_model(config, objective_cfg, env)
+    setup = build_setup(config, env)  # the trainer's own model, objective, optimizer, precision and loader
     o = config["optim"]
-    optimizer = build_optimizer(parameter_groups(raw), weight_decay=o["weight_decay"], betas=o["betas"],
-                                larc=o["larc"], larc_trust=o["larc_trust"], larc_clip=o["larc_clip"])
-    set_learning_rates(optimizer, 10, Schedule(o["lr"], o["end_lr"], o["pred_lr"], 0, 100))
-    precision = config["run"]["precision"]
-    scaler = torch.amp.GradScaler(env.device.type, enabled=precision == "fp16")
-    autocast = torch.autocast(env.device.type, dtype=DTYPES[precision]) if precision != "fp32" else nullcontext()
-    loader = build_loader(config, env, int(o["batch_size"]))
-    stream = Prefetcher(loader, depth=int(config["run"]["prefetch"]))  # as the trainer reads it
+    set_learning_rates(setup.optimizer, 10, Schedule(o["lr"], o["end_lr"], o["pred_lr"], 0, 100))
+    stream = Prefetcher(setup.loader, depth=int(config["run"]["prefetch"]))  # as the trainer reads it
+    ctx = StepContext(env=env)
     series: list[dict[str, float]] = []
     start = time.perf_counter()
     try:
         for index in range(1, batches + 1):
             batch = stream.next()
             if train:
-                train_step(model, objective, optimizer, scaler, autocast, {k: batch[k] for k in objective_cfg.views})
+                views = model_views(batch, setup.objective.views, channels_last=bool(config["run"]["channels_last"]))
+                train_step(setup.model, setup.objective, setup.optimizer, setup.scaler, setup.autocast, views,
+                           batch, ctx, model_kwargs(setup.raw, int(config["run"]["seed"]), ctx))
             del batch
             if index % every == 0 or index == batches:
                 series.append({"batch": index, "seconds": round(time.perf_counter() - start, 1),
