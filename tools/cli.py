@@ -126,10 +126,17 @@ def report_user_error(prog: str, exc: BaseException) -> None:
     print(f"{prog}: error: {message}", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_command_line(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line, overrides collected (what ``main`` runs; the docs tests parse
+    every documented command with it)."""
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     _collect_overrides(parser, args, extras)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_command_line(argv)
     # the commands see only their own options (some pass every option on to their stage)
     prog = vars(args).pop("_prog", "crisscross")
     debug = bool(vars(args).pop("debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
