@@ -107,10 +107,30 @@ def setup_distributed(device: str | Mapping[str, Any] = "auto", *, num_threads: 
     if world_size > 1:
         if not dist.is_initialized():
             # device_id binds NCCL to this rank's GPU at once (no guessing from the current device)
-            dist.init_process_group("nccl", device_id=resolved) if on_gpu else dist.init_process_group("gloo")
+            backend = "nccl" if on_gpu else "gloo"
+            store = _attempt_store(rank, world_size)
+            options = {"device_id": resolved} if on_gpu else {}
+            if store is None:
+                dist.init_process_group(backend, **options)
+            else:
+                dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, **options)
         # NCCL cannot reduce CPU tensors; a side gloo group carries host-side control messages
         env.control = dist.new_group(backend="gloo") if on_gpu else dist.group.WORLD
     return env
+
+
+def _attempt_store(rank: int, world_size: int) -> dist.Store | None:
+    """Under torchrun with the agent's store: that store with a prefix for this restart attempt.
+
+    torchrun (--max-restarts) keeps its agent's TCPStore across restarts, and this PyTorch's env://
+    init uses it without a per-attempt prefix, so the restarted ranks can read the dead group's
+    keys: rank 1 then dials the killed rank 0's gloo port ("Connection refused") or waits forever
+    (tests/test_train_faults.py, lost rank). A prefix per TORCHELASTIC_RESTART_COUNT gives every
+    attempt fresh keys. None elsewhere: the default env:// init is right."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "TORCHELASTIC_RESTART_COUNT" not in os.environ:
+        return None
+    agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False)
+    return dist.PrefixStore(f"/crisscross/attempt_{os.environ['TORCHELASTIC_RESTART_COUNT']}", agent)
 
 
 def shutdown(env: DistEnv) -> None:
