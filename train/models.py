@@ -178,23 +178,19 @@ class R2Plus1DBlock(nn.Module):
         return self.relu(self.norm_out(y + self.residual(x)))
 
 
-class VideoR2Plus1D(nn.Module):
-    """R(2+1)D-18 (Table S5). Input [B, 3, T, H, W]; 8x112^2 -> features [B, 8w, 1, 4, 4]."""
+class _VideoResNet(nn.Module):
+    """Stem, four stages of ``block`` (stride 2 from the second stage on), global pool; the two
+    R(2+1)D variants differ only in their stem and block."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, stem: nn.Module, block: Callable[..., nn.Module],
+                 norm: Callable[[int], nn.Module]) -> None:
         super().__init__()
-        w, norm = cfg.width, norm_factory(cfg.norm, 3)
-        self.stem = nn.Sequential(
-            nn.Conv3d(3, w, (3, 7, 7), (1, 2, 2), (1, 3, 3), bias=False),
-            norm(w),
-            nn.ReLU(inplace=True),
-            nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),
-        )
-        stages, in_ch = [], w
+        self.stem = stem
+        stages, in_ch = [], cfg.width
         for index, blocks in enumerate(cfg.video_blocks):
-            out_ch = w * 2**index
-            layers = [R2Plus1DBlock(in_ch, out_ch, 1 if index == 0 else 2, norm)]
-            layers += [R2Plus1DBlock(out_ch, out_ch, 1, norm) for _ in range(blocks - 1)]
+            out_ch = cfg.width * 2**index
+            layers = [block(in_ch, out_ch, 1 if index == 0 else 2, norm)]
+            layers += [block(out_ch, out_ch, 1, norm) for _ in range(blocks - 1)]
             stages.append(nn.Sequential(*layers))
             in_ch = out_ch
         self.stages = nn.Sequential(*stages)
@@ -209,6 +205,20 @@ class VideoR2Plus1D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.forward_features(x)).flatten(1)
+
+
+class VideoR2Plus1D(_VideoResNet):
+    """R(2+1)D-18 (Table S5). Input [B, 3, T, H, W]; 8x112^2 -> features [B, 8w, 1, 4, 4]."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        w, norm = cfg.width, norm_factory(cfg.norm, 3)
+        stem = nn.Sequential(
+            nn.Conv3d(3, w, (3, 7, 7), (1, 2, 2), (1, 3, 3), bias=False),
+            norm(w),
+            nn.ReLU(inplace=True),
+            nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),
+        )
+        super().__init__(cfg, stem, R2Plus1DBlock, norm)
 
 
 # torchvision / VMZ R(2+1)D (GDT's video encoder). Written from Tran et al. 2018 and the published
@@ -248,14 +258,13 @@ class TVR2Plus1DBlock(nn.Module):
         return self.relu(self.conv2(self.conv1(x)) + self.residual(x))
 
 
-class VideoTVR2Plus1D(nn.Module):
+class VideoTVR2Plus1D(_VideoResNet):
     """``video_arch="tv_r2plus1d"``. Input [B, 3, T, H, W]; 8x112^2 -> features [B, 8w, 1, 7, 7]."""
 
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
         w, norm = cfg.width, norm_factory(cfg.norm, 3)
         stem_mid = max(1, 45 * w // 64)  # torchvision hard-codes 45 for w = 64
-        self.stem = nn.Sequential(
+        stem = nn.Sequential(
             nn.Conv3d(3, stem_mid, (1, 7, 7), (1, 2, 2), (0, 3, 3), bias=False),
             norm(stem_mid),
             nn.ReLU(inplace=True),
@@ -263,25 +272,7 @@ class VideoTVR2Plus1D(nn.Module):
             norm(w),
             nn.ReLU(inplace=True),
         )
-        stages, in_ch = [], w
-        for index, blocks in enumerate(cfg.video_blocks):
-            out_ch = w * 2**index
-            layers = [TVR2Plus1DBlock(in_ch, out_ch, 1 if index == 0 else 2, norm)]
-            layers += [TVR2Plus1DBlock(out_ch, out_ch, 1, norm) for _ in range(blocks - 1)]
-            stages.append(nn.Sequential(*layers))
-            in_ch = out_ch
-        self.stages = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool3d(1) if cfg.video_pool == "avg" else nn.AdaptiveMaxPool3d(1)
-        self.out_dim = in_ch
-        for module in self.modules():
-            if isinstance(module, nn.Conv3d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.stem(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.forward_features(x)).flatten(1)
+        super().__init__(cfg, stem, TVR2Plus1DBlock, norm)
 
 
 # --------------------------------------------------------------------------------------- audio
