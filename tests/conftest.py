@@ -18,3 +18,46 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "esc10").is_dir() or not (SHARED_DATA / "videos").is_dir():
         pytest.skip(f"real test data not found at {SHARED_DATA} (esc10/ and videos/; README.md, under Quick start, says how to get it)")
     return SHARED_DATA
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below ``root``, read from /proc (no psutil needed)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@pytest.fixture(scope="session")
+def descendants():
+    """``descendants(pid)``: the pids of every process below ``pid`` (fault-injection tests)."""
+    return _descendants
+
+
+def _video_members(shards: Path) -> list[tuple[Path, str, int, int]]:
+    """(tar, key, payload offset, payload size) of every sample's ``video.mp4``, in shard order."""
+    import tarfile
+
+    out = []
+    for tar in sorted(shards.glob("*.tar")):
+        with tarfile.open(tar) as handle:
+            out += [(tar, m.name[: -len("video.mp4") - 1], m.offset_data, m.size)
+                    for m in handle.getmembers() if m.name.endswith("video.mp4")]
+    return out
+
+
+@pytest.fixture(scope="session")
+def video_members():
+    """``video_members(shards_dir)``: where each sample's video payload lies (corruption tests)."""
+    return _video_members

@@ -11,15 +11,12 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
 import torch
 
 from crisscross.shards.loader import BadSampleLimitError
-
-VIDEO = "video.mp4"
 
 
 @pytest.fixture(scope="module")
@@ -33,22 +30,12 @@ def clean_shards(tmp_path_factory) -> Path:
     return root / "shards"
 
 
-def _video_members(shards: Path) -> list[tuple[Path, str, int, int]]:
-    """(tar, key, payload offset, payload size) of every sample's video, in shard order."""
-    out = []
-    for tar in sorted(shards.glob("*.tar")):
-        with tarfile.open(tar) as handle:
-            out += [(tar, m.name[: -len(VIDEO) - 1], m.offset_data, m.size)
-                    for m in handle.getmembers() if m.name.endswith(VIDEO)]
-    return out
-
-
-def _corrupt(shards: Path, dst: Path) -> dict[str, str]:
+def _corrupt(shards: Path, dst: Path, video_members) -> dict[str, str]:
     """A copy of ``shards`` with two bad samples: {key: how it is broken}."""
     import shutil
 
     shutil.copytree(shards, dst)
-    members = _video_members(dst)
+    members = video_members(dst)
     (tar_a, key_a, off_a, _), (tar_b, key_b, off_b, size_b) = members[1], members[5]
     with open(tar_a, "r+b") as handle:  # the MP4's first box sizes: the sample table cannot be read
         handle.seek(off_a)
@@ -65,9 +52,9 @@ def _corrupt(shards: Path, dst: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def bad_shards(clean_shards, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+def bad_shards(clean_shards, tmp_path_factory, video_members) -> tuple[Path, dict[str, str]]:
     dst = tmp_path_factory.mktemp("bad_copy") / "shards"
-    return dst, _corrupt(clean_shards, dst)
+    return dst, _corrupt(clean_shards, dst, video_members)
 
 
 def _data(shards: Path, **extra) -> dict:

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from crisscross.shards.loader import BadSampleLimitError
 
-VIDEO = "video.mp4"
 OVERRIDES = ["model=tiny", "modality=video", "frames=4", "crop=48", "batch_size=8", "classifier=svm",
              "train_pass.clips_per_sample=1", "test_pass.clips_per_sample=2", "plots=false"]
 
@@ -32,15 +30,6 @@ def clean_shards(tmp_path_factory) -> Path:
     return root / "shards"
 
 
-def _video_members(shards: Path) -> list[tuple[Path, str, int, int]]:
-    out = []
-    for tar in sorted(shards.glob("*.tar")):
-        with tarfile.open(tar) as handle:
-            out += [(tar, m.name[: -len(VIDEO) - 1], m.offset_data, m.size)
-                    for m in handle.getmembers() if m.name.endswith(VIDEO)]
-    return out
-
-
 def _zero_frames(tar: Path, offset: int, size: int) -> None:
     with open(tar, "r+b") as handle:  # every JPEG frame zeroed inside an intact MP4
         handle.seek(offset)
@@ -53,10 +42,10 @@ def _zero_frames(tar: Path, offset: int, size: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def bad_shards(clean_shards, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+def bad_shards(clean_shards, tmp_path_factory, video_members) -> tuple[Path, dict[str, str]]:
     dst = tmp_path_factory.mktemp("eval_bad_copy") / "shards"
     shutil.copytree(clean_shards, dst)
-    members = _video_members(dst)
+    members = video_members(dst)
     (tar_a, key_a, off_a, size_a), (tar_b, key_b, off_b, _) = members[2], members[9]
     _zero_frames(tar_a, off_a, size_a)
     with open(tar_b, "r+b") as handle:  # the MP4's first box sizes: no sample table

@@ -46,26 +46,9 @@ def test_a_build_where_most_sources_fail_exits_non_zero_with_counted_reasons(mos
     assert again.returncode == 0, again.stderr[-2000:]
 
 
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _running_ray_task(root: int) -> int | None:
+def _running_ray_task(root: int, descendants) -> int | None:
     """A Ray worker below ``root`` that is executing a shard task (its title is ray::_ray_task)."""
-    for pid in _descendants(root):
+    for pid in descendants(root):
         try:
             if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::_ray_task"):
                 return pid
@@ -81,7 +64,7 @@ def _digests(out: Path) -> dict[str, str]:
             for p in sorted(out.rglob("*")) if p.is_file()}
 
 
-def test_a_ray_worker_killed_mid_task_is_retried_and_the_dataset_is_complete(tmp_path):
+def test_a_ray_worker_killed_mid_task_is_retried_and_the_dataset_is_complete(tmp_path, descendants):
     import signal
     import time
 
@@ -100,7 +83,7 @@ def test_a_ray_worker_killed_mid_task_is_retried_and_the_dataset_is_complete(tmp
     while victim is None:
         assert process.poll() is None, "the build ended before a task could be killed"
         assert time.monotonic() < deadline, "no Ray task seen running"
-        victim = _running_ray_task(process.pid)
+        victim = _running_ray_task(process.pid, descendants)
         time.sleep(0.1)
     os.kill(victim, signal.SIGKILL)  # the worker dies mid-shard
     output, _ = process.communicate(timeout=300)

@@ -34,28 +34,9 @@ def _env() -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------- lost rank
-def _descendants(root: int) -> list[int]:
-    """Every process below ``root`` (from /proc: no psutil needed)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _worker_pid(torchrun_pid: int, rank: int) -> int | None:
+def _worker_pid(torchrun_pid: int, rank: int, descendants) -> int | None:
     """The pid of the torchrun worker with RANK=rank (read from its environment)."""
-    for pid in _descendants(torchrun_pid):
+    for pid in descendants(torchrun_pid):
         try:
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
@@ -71,7 +52,7 @@ def _torchrun(run_dir: Path, *extra: str, restarts: int = 0) -> list[str]:
             *CLI, "--resume", "auto", f"run.dir={run_dir}", *COMMON, *extra]
 
 
-def test_rank_killed_by_sigkill_restarts_the_group_from_the_newest_checkpoint(tmp_path):
+def test_rank_killed_by_sigkill_restarts_the_group_from_the_newest_checkpoint(tmp_path, descendants):
     """SIGKILL to rank 1 mid-epoch: torchrun (--max-restarts 1) stops the survivor, starts both
     ranks again, ``--resume auto`` continues from the newest checkpoint, and the final weights and
     Adam state equal an uninterrupted 2-rank run's bit for bit."""
@@ -87,7 +68,7 @@ def test_rank_killed_by_sigkill_restarts_the_group_from_the_newest_checkpoint(tm
         assert process.poll() is None, "run ended before step 9"
         assert time.monotonic() < deadline, "timed out waiting for step 9"
         time.sleep(0.02)
-    victim = _worker_pid(process.pid, rank=1)
+    victim = _worker_pid(process.pid, 1, descendants)
     assert victim is not None, "rank 1 not found among torchrun's workers"
     os.kill(victim, signal.SIGKILL)
     out, _ = process.communicate(timeout=300)
