@@ -218,10 +218,6 @@ def to_dict(config: Any) -> dict[str, Any]:
     return plain(config)
 
 
-def dump_yaml(config: Any) -> str:
-    return yaml.safe_dump(to_dict(config), sort_keys=False)
-
-
 def coerce_sections(config: Any) -> None:
     """Fields typed as a dataclass but given a dict (``EvalConfig(loader={"n_mels": 40})`` in
     Python code) become that dataclass, checked as strictly as a preset (in place)."""

@@ -19,7 +19,7 @@ The memory banks are updated after the scores (scores always use the pre-update 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -246,7 +246,3 @@ class CMAObjective(AVIDObjective):
         sets are mined afresh from those banks at the first epoch hook."""
         AVIDObjective.load_state_dict(self, state)
         self.positives, self.mined_at_epoch = None, -1
-
-
-def config_dict(cfg: AVIDConfig) -> dict[str, Any]:
-    return asdict(cfg)
