@@ -152,10 +152,25 @@ def test_eval_finetune_with_zero_steps_is_refused_before_training(data, tmp_path
     assert not (tmp_path / "out").exists()
 
 
-def test_finetune_steps_per_epoch_matches_the_batching():
-    assert preflight.finetune_steps_per_epoch(6, 10, 64) == 0
-    assert preflight.finetune_steps_per_epoch(7, 10, 64) == 1
-    assert preflight.finetune_steps_per_epoch(100, 10, 64) == 15
+def test_finetune_pre_check_uses_the_finetuners_step_rule():
+    """One pass reads each video once, one clip, in full batches: 7 videos x 10 clips at batch 64 is
+    0 steps (the finetuner would stop), 100 videos give 10 passes x 1 full batch."""
+    from types import SimpleNamespace
+
+    from crisscross.errors import UserError
+    from crisscross.evaluate.config import FinetuneConfig
+    from crisscross.evaluate.finetune import steps_per_epoch
+
+    ft = FinetuneConfig(batch_size=64, clips_per_sample=10)
+    assert steps_per_epoch(7, ft) == 0 and steps_per_epoch(100, ft) == 10
+    for videos, refused in ((7, True), (64, False)):
+        part = SimpleNamespace(name="fold1", train_keys=[f"k{i}" for i in range(videos)])
+        try:
+            preflight.check_finetune_steps(SimpleNamespace(finetune=ft), [part])
+        except UserError:
+            assert refused, videos
+        else:
+            assert not refused, videos
 
 
 def test_eval_refuses_unknown_classifier_options_before_features(data, tmp_path):

@@ -131,21 +131,16 @@ def _partitions(facts: DatasetFacts, cfg: Any, needs: tuple[str, ...]) -> list:
     return parts
 
 
-def finetune_steps_per_epoch(train_samples: int, clips_per_sample: int, batch_size: int) -> int:
-    """Optimizer steps of one finetuning epoch: every training clip once, in full batches
-    (evaluate/finetune.py ``clip_batches`` drops the last partial batch)."""
-    return (train_samples * clips_per_sample) // batch_size
-
-
 def check_finetune_steps(cfg: Any, parts: list) -> None:
     """Refuse a finetuning run that would take zero optimizer steps (it would report the
     untrained head's accuracy as a result)."""
+    from crisscross.evaluate.finetune import steps_per_epoch  # the finetuner's own rule, not a copy
+
     ft = cfg.finetune
     if ft.epochs < 1:
         raise UserError(f"finetune.epochs={ft.epochs}: finetuning needs at least one epoch")
     for part in parts:
-        steps = finetune_steps_per_epoch(len(part.train_keys), ft.clips_per_sample, ft.batch_size)
-        if steps == 0:
+        if steps_per_epoch(len(part.train_keys), ft) == 0:
             raise UserError(f"finetune would take 0 optimizer steps on {part.name}: {len(part.train_keys)} training "
-                            f"samples x finetune.clips_per_sample={ft.clips_per_sample} clips < "
-                            f"finetune.batch_size={ft.batch_size}; lower finetune.batch_size or use more data")
+                            f"samples < finetune.batch_size={ft.batch_size} (each pass reads one clip per video "
+                            "in full batches); lower finetune.batch_size or use more data")
