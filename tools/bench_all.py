@@ -93,6 +93,14 @@ def to_markdown(results: list[dict], machine: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _kept_sections(out: Path) -> str:
+    """The ``## ...`` sections after the table (bench gpu, bench soak: written by hand from runs
+    that ``bench all`` does not make) are kept when the table is rewritten."""
+    text = out.read_text() if out.exists() else ""
+    start = text.find("\n## ")
+    return "" if start < 0 else text[start:]
+
+
 def run(args: argparse.Namespace) -> dict:
     extras: dict[str, list[str]] = {}
     for item in args.extra:
@@ -105,7 +113,7 @@ def run(args: argparse.Namespace) -> dict:
         print(json.dumps(results[-1], sort_keys=True), flush=True)
     machine = machine_description()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(to_markdown(results, machine))
+    args.out.write_text(to_markdown(results, machine) + _kept_sections(args.out))
     print(f"wrote {args.out}")
     ok = [r for r in results if "error" not in r]
     # the summary line: how many benchmarks met their own target ratio is for a person to read in
