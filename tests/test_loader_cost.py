@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import nvidia.dali.fn as fn
+import nvidia.dali.math as dmath
 import nvidia.dali.types as types
 import pytest
 from nvidia.dali.pipeline import pipeline_def
@@ -25,7 +26,11 @@ class FixedDraws(Draws):
         self.values = values
 
     def draw(self, spec: DrawSpec):
-        return fn.constant(fdata=float(self.values[spec.name]), shape=[], dtype=types.FLOAT)
+        value = self.values[spec.name]
+        if spec.size:  # a vector draw: the given list, or one value repeated
+            values = [float(v) for v in np.broadcast_to(np.asarray(value, dtype=np.float64), (spec.size,))]
+            return fn.constant(fdata=values, shape=[spec.size], dtype=types.FLOAT)
+        return fn.constant(fdata=float(value), shape=[], dtype=types.FLOAT)
 
 
 def _run(graph, frames: list[np.ndarray]) -> list[list[np.ndarray]]:
@@ -83,6 +88,111 @@ def test_two_pass_blur_equals_gaussian_blur(sigma: float):
         assert np.array_equal(k, original)
     if sigma > 0.5:
         assert np.abs(blurred[0] - frames[0]).max() > 1.0  # it did blur
+
+
+VIEW_DRAWS = {"video.crop_area": 0.3, "video.crop_log_ratio": 0.1, "video.crop_y": 0.3, "video.crop_x": 0.7,
+              "video.color_jitter": 1.0, "video.brightness": 1.3, "video.contrast": 0.8, "video.saturation": 1.2,
+              "video.hue": 30.0, "video.grayscale": 0.0, "video.blur": 1.0, "video.blur_sigma": 1.3,
+              "video.cutout_side": 15.0, "video.cutout_centre": [100.0, 9.0], "video.flip": 1.0}
+
+
+def _reference_view(frames: list, values: dict[str, float], aug: VideoAugment, crop: int):
+    """The view in the recipe's order with the library operators: resize the box, colour twist
+    (clamped), Gaussian blur, cutout, flip last (crop_mirror_normalize's mirror)."""
+    height, width = 112.0, 149.0
+    area, ratio = values["video.crop_area"] * height * width, float(np.exp(values["video.crop_log_ratio"]))
+    w, h = np.floor(np.sqrt(area * ratio) + 0.5), np.floor(np.sqrt(area / ratio) + 0.5)
+    y0 = np.floor(values["video.crop_y"] * (height - h + 1.0 - 1e-3))
+    x0 = np.floor(values["video.crop_x"] * (width - w + 1.0 - 1e-3))
+    view = fn.stack(*[fn.resize(f, roi_start=[y0, x0], roi_end=[y0 + h, x0 + w], size=[crop, crop], antialias=False)
+                      for f in frames], axis_name="F")
+    view = fn.color_twist(view, brightness=values["video.brightness"], contrast=values["video.contrast"],
+                          saturation=values["video.saturation"], hue=values["video.hue"], dtype=types.FLOAT)
+    view = dmath.clamp(view, 0.0, 255.0)
+    if values["video.blur"]:
+        view = fn.gaussian_blur(view, window_size=aug.blur_kernel, sigma=values["video.blur_sigma"])
+    side = values["video.cutout_side"]
+    anchor = np.floor(np.asarray(values["video.cutout_centre"]) - side / 2.0)
+    fill = fn.reductions.mean(view[0], axes=[0, 1])
+    view = fn.erase(view, anchor=[float(a) for a in anchor], shape=[side, side], axis_names="HW", fill_value=fill)
+    return fn.crop_mirror_normalize(view, mirror=int(values["video.flip"]), mean=[255.0 * m for m in aug.mean],
+                                    std=[255.0 * s for s in aug.std], dtype=types.FLOAT, output_layout="CFHW")
+
+
+@pytest.mark.parametrize("change", [{}, {"video.flip": 0.0}, {"video.blur": 0.0}, {"video.cutout_centre": [5.0, 110.0]},
+                                    {"video.crop_area": 0.7}, {"video.crop_area": 0.05, "video.cutout_centre": [0.0, 111.0]}])
+def test_view_with_the_flip_in_the_resize_equals_the_recipe_order(change: dict):
+    """The training view flips inside the resize (a mirrored crop region) and moves the cutout to
+    its mirror image; the output is the recipe's (flip after cutout) up to the resize's uint8
+    rounding (one level in a few pixels when the box is larger than the crop)."""
+    values = dict(VIEW_DRAWS, **change)
+    aug, crop = VideoAugment(), 112
+    rng = np.random.default_rng(1)
+    frames = [[rng.integers(0, 256, size=(112, 149, 3), dtype=np.uint8) for _ in range(BATCH)] for _ in range(4)]
+
+    @pipeline_def(batch_size=BATCH, num_threads=1, device_id=None, enable_conditionals=True)
+    def pipe():
+        sources = [fn.external_source(name=f"f{i}", layout="HWC") for i in range(4)]
+        return augment.augment_video(sources, aug, crop, FixedDraws(values)), _reference_view(sources, values, aug, crop)
+
+    p = pipe()
+    p.build()
+    for i, batch in enumerate(frames):
+        p.feed_input(f"f{i}", batch)
+    ours, reference = (np.array(out.as_tensor()) for out in p.run())
+    assert ours.shape == reference.shape == (BATCH, 3, 4, crop, crop)
+    one_level = 1.0 / (255.0 * min(aug.std)) * 1.5  # a uint8 level through the twist (gain <= 1.5)
+    difference = np.abs(ours - reference)
+    assert difference.max() <= one_level and (difference > 1e-3).mean() < 0.02
+    if values["video.flip"]:  # a check that can fail: the unflipped view is far from ours
+        assert np.abs(ours - np.flip(reference, axis=-1)).max() > 0.5
+
+
+def test_time_major_spectrogram_gives_the_same_log_mel():
+    """``log_mel`` computes the STFT time-major (cheaper) and transposes after the mel bank: the same
+    map as the frequency-major STFT."""
+    rng = np.random.default_rng(2)
+    waves = [rng.standard_normal(32000).astype(np.float32) * 0.1 for _ in range(BATCH)]
+    mel = augment.LogMel()
+
+    @pipeline_def(batch_size=BATCH, num_threads=1, device_id=None)
+    def pipe():
+        wave = fn.external_source(name="wave")
+        spec = fn.spectrogram(wave, nfft=1024, window_length=1024, window_step=160, center_windows=True,
+                              reflect_padding=False, power=2, window_fn=augment._periodic_hann(1024))
+        bank = fn.mel_filter_bank(spec, sample_rate=16000.0, nfilter=80, freq_low=0.0, freq_high=8000.0,
+                                  mel_formula="slaney", normalize=True)
+        return augment.log_mel(wave, mel, 32000), dmath.log(bank + augment.LOG_EPS)[:, :200]
+
+    p = pipe()
+    p.build()
+    p.feed_input("wave", waves)
+    ours, reference = (np.array(out.as_tensor()) for out in p.run())
+    assert ours.shape == reference.shape == (BATCH, 80, 200)
+    np.testing.assert_allclose(ours, reference, atol=1e-4)
+
+
+def test_cpu_batches_are_copies_in_numpy_memory():
+    """``_to_torch`` on the CPU: a contiguous float32 copy that outlives the DALI buffer."""
+    import torch
+
+    from crisscross.shards.loader import _to_torch
+
+    @pipeline_def(batch_size=BATCH, num_threads=1, device_id=None, exec_pipelined=False, exec_async=False,
+                  prefetch_queue_depth=1)
+    def pipe():
+        return fn.external_source(name="x")
+
+    p = pipe()
+    p.build()
+    data = [np.full((3, 5), i, dtype=np.float32) for i in range(BATCH)]
+    p.feed_input("x", data)
+    (out,) = p.run()
+    batch = _to_torch(out, torch.device("cpu"))
+    p.feed_input("x", [d + 100 for d in data])
+    p.run()  # DALI reuses its buffers
+    assert batch.dtype == torch.float32 and batch.is_contiguous() and tuple(batch.shape) == (BATCH, 3, 5)
+    assert torch.equal(batch, torch.from_numpy(np.stack(data)))
 
 
 @pytest.fixture(scope="module")
