@@ -239,19 +239,61 @@ class LiveDraws(Draws):
         return make_random(spec)
 
 
+DRAWS_INPUT = "draws"  # the work graph's one external source of draws
+
+
+def draw_layout(specs: list[DrawSpec]) -> list[tuple[int, int]]:
+    """(offset, length) of each draw in the packed draw vector, in ``specs`` order."""
+    layout, offset = [], 0
+    for spec in specs:
+        length = max(spec.size, 1)
+        layout.append((offset, length))
+        offset += length
+    return layout
+
+
+def unpack_draws(packed: np.ndarray, specs: list[DrawSpec]) -> list[np.ndarray]:
+    """A batch of packed draw vectors ``[B, K]`` -> one ``[B]`` or ``[B, size]`` array per spec."""
+    return [packed[:, o] if not spec.size else packed[:, o : o + n] for spec, (o, n) in zip(specs, draw_layout(specs))]
+
+
 class RecordedDraws(Draws):
-    """Each draw becomes an ``external_source`` named ``draw{i}``; ``specs`` lists them in order."""
+    """Every draw is a slice of ONE ``external_source`` (``DRAWS_INPUT``, a float vector per
+    sample, laid out by ``draw_layout(specs)``): the plan pipeline makes the vector with one
+    random operator (``packed_draws``), the loader feeds it with one call. ``specs`` lists the
+    draws in order. (One input per draw cost 56 random operators in the plan and 56 feeds per
+    batch: 0.32 ms per clip of plan CPU alone on the default graph.)"""
 
     def __init__(self) -> None:
         self.specs: list[DrawSpec] = []
+        self._packed: DataNode | None = None
+        self._offset = 0
 
     def draw(self, spec: DrawSpec) -> DataNode:
-        name = f"draw{len(self.specs)}"
+        if self._packed is None:
+            self._packed = fn.external_source(name=DRAWS_INPUT, dtype=types.FLOAT, ndim=1, no_copy=True)
         self.specs.append(spec)
-        return fn.external_source(name=name, dtype=types.FLOAT, ndim=1 if spec.size else 0, no_copy=True)
+        offset, self._offset = self._offset, self._offset + max(spec.size, 1)
+        return self._packed[offset : offset + spec.size] if spec.size else self._packed[offset]
 
-    def names(self) -> list[str]:
-        return [f"draw{i}" for i in range(len(self.specs))]
+
+def packed_draws(specs: list[DrawSpec]) -> DataNode:
+    """Every draw of ``specs`` from one ``uniform[0, 1)`` vector per sample: a uniform draw is
+    ``lo + (hi - lo) u``, a coin is ``u < p`` (1.0 / 0.0): the distributions of ``make_random``,
+    with one random operator instead of one per draw."""
+    lo, scale, coin, p = [], [], [], []
+    for spec, (_, length) in zip(specs, draw_layout(specs)):
+        is_coin = spec.kind == "coin"
+        lo += [0.0 if is_coin else spec.lo] * length
+        scale += [0.0 if is_coin else spec.hi - spec.lo] * length
+        coin += [1.0 if is_coin else 0.0] * length
+        p += [spec.lo if is_coin else 0.0] * length
+    if not specs:
+        return types.Constant(np.zeros(0, dtype=np.float32))
+    u = fn.random.uniform(range=[0.0, 1.0], shape=[len(lo)], dtype=types.FLOAT)
+    const = [types.Constant(np.asarray(v, dtype=np.float32)) for v in (lo, scale, coin, p)]
+    lo_c, scale_c, coin_c, p_c = const
+    return coin_c * fn.cast(u < p_c, dtype=types.FLOAT) + (1.0 - coin_c) * (lo_c + scale_c * u)
 
 
 # ----------------------------------------------------------------------------- visual

@@ -28,7 +28,15 @@ from nvidia.dali.backend import TensorCPU
 from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 
 from crisscross.config import Strict
-from crisscross.shards.augment import AUDIO_FRONTENDS, AudioAugment, AugmentConfig, LogMel, RecordedDraws, VideoAugment
+from crisscross.shards.augment import (
+    AUDIO_FRONTENDS,
+    DRAWS_INPUT,
+    AudioAugment,
+    AugmentConfig,
+    LogMel,
+    RecordedDraws,
+    VideoAugment,
+)
 from crisscross.shards.bad_samples import DEFAULT_MAX_BAD_FRACTION, BadSample, BadSampleTracker
 from crisscross.shards.dataset import Dataset, ShardError  # noqa: F401 (ShardError re-exported)
 from crisscross.shards.mjpeg_frames import FrameTables, Mp4Error, jpeg_frames
@@ -49,7 +57,10 @@ from crisscross.shards.pipelines import (
 from crisscross.shards.screen import ScreenResult, screen_shards
 from crisscross.shards.views import FALLBACK_PADDED, FALLBACK_SHRUNK, RELAXATION_MODES, VIEW_ALIGNMENTS, ViewGeometry
 
-STATE_VERSION = 1
+# 2: the plan makes every augmentation draw from one random vector (augment.packed_draws);
+# a version-1 state resumes on the plan graph that wrote it (one random operator per draw)
+STATE_VERSION = 2
+STATE_VERSIONS = (1, 2)
 
 
 # backbones.json "input" (train/export.py): the view keys per modality, rates included
@@ -435,6 +446,7 @@ class TrainLoader:
         )
         self.spec = config.graph_spec(self.fps, self.sample_rate)
         self._draws = RecordedDraws()
+        self._state_version = STATE_VERSION  # the plan graph's draws: packed (2) or one operator each (1)
         self._frame_tables = FrameTables()
         self._work = self._build_work()
         self._plan = self._build_plan(checkpoint=None)
@@ -462,7 +474,7 @@ class TrainLoader:
 
     def _build_plan(self, checkpoint: str | None):
         def graph():
-            return plan_graph(self.spec, self.reader_spec, self._draws.specs)
+            return plan_graph(self.spec, self.reader_spec, self._draws.specs, packed=self._state_version >= 2)
 
         try:
             return build_pipeline(graph, device="cpu", batch_size=self.batch_size, num_threads=1, device_id=None,
@@ -546,7 +558,7 @@ class TrainLoader:
         slice per frame). Each slice is wrapped in a DALI ``TensorCPU`` here (zero-copy):
         ``feed_input`` then skips its per-element type probing, which cost more than the
         slicing itself (measured: docs/scaling.md, "The loader's feeding thread")."""
-        plan, draws = split_plan(plan_outputs)
+        plan, draws = split_plan(plan_outputs, packed=self._state_version >= 2)
         video = plan["video"]
         info = plan["key"].as_array()
         frame_ids = plan["frames"].as_array()
@@ -571,11 +583,13 @@ class TrainLoader:
     def _feed_inputs(self, plan_outputs, per_frame: list[list[TensorCPU]], mapping: list[int]) -> None:
         """Feed the samples ``mapping`` (indices into the plan's batch: the identity normally, a
         good sample's index in a bad one's slot, or a single sample when looking for a bad one)."""
-        plan, draws = split_plan(plan_outputs)
+        plan, draws = split_plan(plan_outputs, packed=self._state_version >= 2)
         identity = mapping == list(range(len(per_frame[0])))
         for j, jpegs in enumerate(per_frame):
             self._work.feed_input(f"jpeg{j}", jpegs if identity else [jpegs[m] for m in mapping])
-        inputs = [("wave1", plan["wave1"]), ("wave2", plan["wave2"]), *zip(self._draws.names(), draws)]
+        inputs = [("wave1", plan["wave1"]), ("wave2", plan["wave2"])]
+        if self._draws.specs:  # a graph without augmentations has no draws input
+            inputs.append((DRAWS_INPUT, draws))
         for name, batch in inputs:
             self._work.feed_input(name, batch if identity else [batch[m] for m in mapping])
 
@@ -607,7 +621,7 @@ class TrainLoader:
         self.batch_in_epoch = 0
 
     def _to_batch(self, plan, work) -> dict[str, Any]:
-        named, _ = split_plan(plan)
+        named, _ = split_plan(plan, packed=self._state_version >= 2)
         mapping = self._mapping  # a bad sample's slot holds a good sample of the batch
         key_info = named["key"].as_array()[mapping]
         times = torch.from_numpy(named["times"].as_array()[mapping].copy())
@@ -656,7 +670,7 @@ class TrainLoader:
     def state_dict(self) -> dict[str, Any]:
         """Position after the last yielded batch: restoring it continues with the next batch."""
         return {
-            "version": STATE_VERSION,
+            "version": self._state_version,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "plan_checkpoint": self._plan.checkpoint(),
@@ -665,10 +679,11 @@ class TrainLoader:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"loader state version {state.get('version')} != {STATE_VERSION}")
+        if state.get("version") not in STATE_VERSIONS:
+            raise ValueError(f"loader state version {state.get('version')} is not one of {STATE_VERSIONS}")
         if state["fingerprint"] != self._fingerprint():
             raise ValueError("loader state was saved with a different data config, batch size, rank, world size or seed")
+        self._state_version = int(state["version"])
         self._plan = self._build_plan(checkpoint=state["plan_checkpoint"])
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
         self._counts = {"bad_samples": 0, **state["counts"]}  # states before the counter existed: 0

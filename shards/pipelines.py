@@ -6,7 +6,8 @@ contains a video decoder and because a video decoder's cost grows with the clip:
 - ``plan_graph`` (checkpointable, CPU): ``fn.readers.webdataset`` (rank's shard, shuffling) ->
   ``index.npy`` parsed by DALI arithmetic -> t1/t2 per relaxation mode (views.py) -> frame
   indices and the two int16 PCM windows (``fn.slice``: only the window is touched) -> every
-  random augmentation parameter (``make_random`` per recorded ``DrawSpec``).
+  random augmentation parameter (``packed_draws``: one vector per sample laid out by the recorded
+  ``DrawSpec`` list).
 - ``work_graph`` (stateless given its inputs; CPU or GPU): the planned JPEG frames (cut out of
   the MP4 by the loader) -> ``fn.decoders.image`` (``mixed`` = nvJPEG on a GPU) -> views ->
   augmentations with the planned parameters -> log-mel.
@@ -40,6 +41,7 @@ from crisscross.shards.augment import (
     augment_audio,
     augment_video,
     make_random,
+    packed_draws,
 )
 from crisscross.shards.views import (
     ClipSpan,
@@ -184,13 +186,21 @@ def _pcm(audio_bytes: DataNode, audio_format: str) -> DataNode:
 
 PLAN_DATA = ("video", "frames", "wave1", "wave2")  # plan outputs that feed the work stage
 PLAN_META = ("key", "times", "fallback", "speed")  # plan -> loader
-PLAN_OUTPUTS = (*PLAN_DATA, *PLAN_META)  # plan_graph's named outputs, in order; the draws follow them
+PLAN_OUTPUTS = (*PLAN_DATA, *PLAN_META, "draws")  # plan_graph's named outputs, in order
 
 
-def split_plan(outputs: Sequence[Any]) -> tuple[dict[str, Any], tuple[Any, ...]]:
-    """plan_graph's outputs by name (``PLAN_OUTPUTS``) and the draws after them (in
-    ``RecordedDraws.names()`` order), so that no reader counts offsets."""
-    return dict(zip(PLAN_OUTPUTS, outputs)), tuple(outputs[len(PLAN_OUTPUTS):])
+def split_plan(outputs: Sequence[Any], *, packed: bool = True) -> tuple[dict[str, Any], Any]:
+    """plan_graph's outputs by name (``PLAN_OUTPUTS``), and the packed draws (``[B, K]``, laid out
+    by ``augment.draw_layout`` of the recorded specs), so that no reader counts offsets.
+    ``packed=False`` (the version-1 graph): the draws are one output each, packed here."""
+    if packed:
+        named = dict(zip(PLAN_OUTPUTS, outputs))
+        return named, named["draws"]
+    named = dict(zip(PLAN_OUTPUTS[:-1], outputs))
+    separate = outputs[len(PLAN_OUTPUTS) - 1:]
+    batch = len(named["key"])
+    named["draws"] = np.concatenate([d.as_array().reshape(batch, -1) for d in separate], axis=1) if separate else None
+    return named, named["draws"]
 
 
 def work_graph(spec: TrainGraphSpec, draws: RecordedDraws, device: str) -> tuple[DataNode, ...]:
@@ -243,10 +253,12 @@ def _speed_draws(speed: SpeedSpec) -> tuple[DataNode, DataNode]:
     return s_v, s_a
 
 
-def plan_graph(spec: TrainGraphSpec, reader: ReaderSpec, draw_specs: list[DrawSpec]) -> tuple[DataNode, ...]:
+def plan_graph(spec: TrainGraphSpec, reader: ReaderSpec, draw_specs: list[DrawSpec], *,
+               packed: bool = True) -> tuple[DataNode, ...]:
     """Training stage 1 (checkpointable: reader + every random draw): read a sample, draw t1/t2,
     turn them into frame indices and PCM windows, draw the augmentation parameters.
-    Outputs: PLAN_DATA, then PLAN_META, then one output per draw spec."""
+    Outputs: ``PLAN_OUTPUTS`` (PLAN_DATA, PLAN_META, the packed draws). ``packed=False``: one random
+    operator per draw, the graph of loader states written before the draws were packed."""
     video, audio, index = _reader(reader, [shard_format.VIDEO_EXT, reader.audio_ext, shard_format.INDEX_EXT])
     span = clip_span(parse_index(index))
     geo = spec.geometry
@@ -266,12 +278,14 @@ def plan_graph(spec: TrainGraphSpec, reader: ReaderSpec, draw_specs: list[DrawSp
     waves = [_audio_window(pcm, start_sample(span, starts.audio1), geo.audio_samples),
              _audio_window(pcm, start_sample(span, starts.audio2), length2)]
     times = fn.stack(starts.video1, starts.audio1, starts.video2, starts.audio2)
-    draws = [make_random(s) for s in draw_specs]
+    draws = packed_draws(draw_specs) if packed else [make_random(s) for s in draw_specs]
     # (v1, a1, v2, a2) speeds; without the option all ones, built after every random operator so
     # that the graph draws exactly what it drew before the option existed
     one = fn.cast(starts.fallback * 0 + 1, dtype=types.FLOAT)
     speeds = fn.stack(one, one, s_v if s_v is not None else one, s_a if s_a is not None else one)
-    return (video, frame_ids, *waves, _key_bytes(index), times, starts.fallback, speeds, *draws)
+    if not packed:  # exactly the version-1 graph (its checkpoints name every operator, outputs included)
+        return (video, frame_ids, *waves, _key_bytes(index), times, starts.fallback, speeds, *draws)
+    return (video, frame_ids, *waves, _key_bytes(index), times, starts.fallback, speeds, draws)
 
 
 def _eval_starts(span: ClipSpan, spec: EvalGraphSpec) -> DataNode:

@@ -29,9 +29,17 @@ import torch
 from scipy import ndimage, stats
 
 from crisscross.preprocess.build import build_shards
-from crisscross.shards.augment import KINETICS_MEAN, KINETICS_STD, LOGMEL_STD, AudioAugment, RecordedDraws, VideoAugment
+from crisscross.shards.augment import (
+    KINETICS_MEAN,
+    KINETICS_STD,
+    LOGMEL_STD,
+    AudioAugment,
+    RecordedDraws,
+    VideoAugment,
+    unpack_draws,
+)
 from crisscross.shards.loader import LoaderConfig, build_train_loader, find_shards
-from crisscross.shards.pipelines import PLAN_DATA, PLAN_META, ReaderSpec, build_pipeline, plan_graph, work_graph
+from crisscross.shards.pipelines import ReaderSpec, build_pipeline, plan_graph, split_plan, work_graph
 from crisscross.tools.demo_data import write_av_file
 
 Z = 4.5  # standard errors allowed by the statistical checks
@@ -119,13 +127,13 @@ def _plan_draws(shards: Path, cfg: dict, *, batch: int, runs: int) -> dict[str, 
     reader = ReaderSpec(paths=found.tars, index_paths=found.indexes, shuffle=True, shuffle_buffer=CLIPS)
     plan = build_pipeline(lambda: plan_graph(spec, reader, draws.specs), device="cpu", batch_size=batch,
                           num_threads=1, device_id=None, seed=3)
-    first = len(PLAN_DATA) + len(PLAN_META)
     values: dict[str, list[np.ndarray]] = defaultdict(list)
     for _ in range(runs):
-        outputs = plan.run()
-        assert len(outputs) == first + len(draws.specs)
-        for draw_spec, batch_values in zip(draws.specs, outputs[first:]):
-            values[draw_spec.name].append(batch_values.as_array().reshape(batch, -1))
+        _, packed = split_plan(plan.run())
+        packed = packed.as_array()
+        assert packed.shape == (batch, sum(max(d.size, 1) for d in draws.specs))
+        for draw_spec, batch_values in zip(draws.specs, unpack_draws(packed, draws.specs)):
+            values[draw_spec.name].append(batch_values.reshape(batch, -1))
     return {name: np.concatenate(v, axis=1).ravel() for name, v in values.items()}
 
 

@@ -369,6 +369,30 @@ def test_checkpoint_restore_continues_the_same_sequence(static_shards):
         build_train_loader(dict(cfg, relaxation="none"), batch_size=1, seed=2).load_state_dict(state)
 
 
+def test_a_state_from_before_packed_draws_resumes_on_its_own_plan_graph(static_shards):
+    """A version-1 loader state (one random operator per draw in the plan graph) resumes on that
+    graph, batch for batch; new states are version 2 (packed draws); other versions are refused."""
+    cfg = {"shards": str(static_shards), "frames": 2, "crop": 32, "audio_seconds": 1.0, "shuffle_buffer": 4}
+    legacy = build_train_loader(cfg, batch_size=1, seed=2)
+    legacy._state_version = 1  # as a loader of the earlier version built its plan
+    legacy._plan = legacy._build_plan(checkpoint=None)
+    stream = iter(legacy)
+    for _ in range(2):
+        next(stream)
+    state = legacy.state_dict()
+    assert state["version"] == 1
+    expected = [next(stream)] + _collect(legacy, 3)
+    restored = build_train_loader(cfg, batch_size=1, seed=2)
+    assert restored.state_dict()["version"] == 2
+    restored.load_state_dict(state)
+    got = _collect(restored, 4)
+    assert all(_same(a, b) for a, b in zip(got, expected))
+    packed = _collect(build_train_loader(cfg, batch_size=1, seed=2), 6)  # the same keys, other draws
+    assert not all(_same(a, b) for a, b in zip(packed[2:], expected))
+    with pytest.raises(ValueError, match="version 99"):
+        build_train_loader(cfg, batch_size=1, seed=2).load_state_dict(dict(state, version=99))
+
+
 def test_two_ranks_see_disjoint_samples_covering_the_dataset(index_shards, samples):
     for epoch in range(2):
         seen = []
