@@ -43,6 +43,7 @@ from crisscross.shards.mjpeg_frames import FrameTables, Mp4Error, jpeg_frames
 from crisscross.shards.pipelines import (
     AUDIO_EXTS,
     READER_NAME,
+    UNION_INPUTS,
     EvalGraphSpec,
     ReaderSpec,
     SpeedSpec,
@@ -52,6 +53,8 @@ from crisscross.shards.pipelines import (
     plan_graph,
     probe_gpu_video_decoder,
     split_plan,
+    union_inputs,
+    uses_audio_union,
     work_graph,
 )
 from crisscross.shards.screen import ScreenResult, screen_shards
@@ -446,6 +449,7 @@ class TrainLoader:
         )
         self.spec = config.graph_spec(self.fps, self.sample_rate)
         self._draws = RecordedDraws()
+        self._audio_union = uses_audio_union(self.spec)  # overlapping audio views share one STFT
         self._state_version = STATE_VERSION  # the plan graph's draws: packed (2) or one operator each (1)
         self._frame_tables = FrameTables()
         self._work = self._build_work()
@@ -457,7 +461,10 @@ class TrainLoader:
         if self._batches_per_epoch == 0:
             raise ValueError(f"{num_samples} samples over {world_size} ranks cannot fill one batch of {batch_size}")
         self.epoch, self.batch_in_epoch = 0, 0
-        self._counts = {"samples": 0, "batches": 0, "fallback_shrunk": 0, "fallback_padded": 0, "bad_samples": 0}
+        # audio_shared: samples whose two audio views shared one STFT (pipelines.union_inputs)
+        self._counts = {"samples": 0, "batches": 0, "fallback_shrunk": 0, "fallback_padded": 0, "bad_samples": 0,
+                        "audio_shared": 0}
+        self._shared = 0
         self.bad_samples = BadSampleTracker(config.max_bad_fraction, num_samples // world_size)
         # "raise": BadSampleLimitError past the bound; "flag": the batch carries the message in
         # "data_error" instead (the trainer: every rank agrees, a checkpoint is written, then it stops)
@@ -467,7 +474,7 @@ class TrainLoader:
     # -- pipelines
     def _build_work(self):
         def graph():
-            return work_graph(self.spec, self._draws, self._dali_device)
+            return work_graph(self.spec, self._draws, self._dali_device, audio_union=self._audio_union)
 
         return build_pipeline(graph, device=self._dali_device, batch_size=self.batch_size, num_threads=self.config.num_threads,
                               device_id=self._device_id, seed=self.seed + 7919 * (self.rank + 1), prefetch=1)
@@ -592,6 +599,19 @@ class TrainLoader:
             inputs.append((DRAWS_INPUT, draws))
         for name, batch in inputs:
             self._work.feed_input(name, batch if identity else [batch[m] for m in mapping])
+        if self._audio_union:
+            self._feed_union(plan, mapping)
+
+    def _feed_union(self, plan: dict[str, Any], mapping: list[int]) -> None:
+        """The shared-STFT inputs (``pipelines.union_inputs``) of the samples fed: the offset of view
+        2's audio from view 1's comes from the planned start times, and is checked on the samples."""
+        wave1, wave2 = plan["wave1"].as_array()[mapping], plan["wave2"].as_array()[mapping]
+        times = plan["times"].as_array()[mapping]  # v1, a1, v2, a2 start seconds
+        offsets = np.rint((times[:, 3] - times[:, 1]) * self.sample_rate).astype(np.int64)
+        unions, shifts, shared = union_inputs(wave1, wave2, offsets, self.spec.mel.hop)
+        for name, batch in zip(UNION_INPUTS, (unions, shifts, shared)):
+            self._work.feed_input(name, batch)
+        self._shared = int(shared.sum())
 
     # -- iteration
     def __len__(self) -> int:
@@ -632,6 +652,7 @@ class TrainLoader:
         self._counts["batches"] += 1
         self._counts["fallback_shrunk"] += int((fallback == FALLBACK_SHRUNK).sum())
         self._counts["fallback_padded"] += int((fallback == FALLBACK_PADDED).sum())
+        self._counts["audio_shared"] += self._shared
         v1, v2, a1, a2 = (_to_torch(t, self.device) for t in work)
         return {"v1": v1, "v2": v2, "a1": a1, "a2": a2, "key": _keys_from_source_info(key_info), "times": times,
                 "fallback": fallback, "speed": speed, "data_error": data_error}
@@ -686,7 +707,7 @@ class TrainLoader:
         self._state_version = int(state["version"])
         self._plan = self._build_plan(checkpoint=state["plan_checkpoint"])
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
-        self._counts = {"bad_samples": 0, **state["counts"]}  # states before the counter existed: 0
+        self._counts = {"bad_samples": 0, "audio_shared": 0, **state["counts"]}  # states before a counter existed: 0
         self.bad_samples.bad = self._counts["bad_samples"]  # the bound counts the whole run
 
 

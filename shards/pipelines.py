@@ -38,10 +38,14 @@ from crisscross.shards.augment import (
     LogMel,
     RecordedDraws,
     VideoAugment,
+    audio_power,
     augment_audio,
+    augment_audio_power,
     augment_video,
     make_random,
     packed_draws,
+    union_powers,
+    union_supported,
 )
 from crisscross.shards.views import (
     ClipSpan,
@@ -203,11 +207,12 @@ def split_plan(outputs: Sequence[Any], *, packed: bool = True) -> tuple[dict[str
     return named, named["draws"]
 
 
-def work_graph(spec: TrainGraphSpec, draws: RecordedDraws, device: str) -> tuple[DataNode, ...]:
+def work_graph(spec: TrainGraphSpec, draws: RecordedDraws, device: str, *, audio_union: bool | None = None) -> tuple[DataNode, ...]:
     """Training stage 2 (stateless given its inputs): decode the planned frames (one JPEG per
     external source ``jpeg{j}``, j < 2T, cut out of the MP4 by the loader, see mjpeg_frames.py),
     stack them into the two views, augment with the planned draws.
-    Outputs v1, v2 [3,T,crop,crop] and a1, a2 [1,80,F]."""
+    Outputs v1, v2 [3,T,crop,crop] and a1, a2 [1,80,F]. ``audio_union`` (default
+    ``uses_audio_union(spec)``): overlapping audio views share one STFT (inputs ``UNION_INPUTS``)."""
     geo = spec.geometry
     decoder_device = "mixed" if device == "gpu" else "cpu"
     frames = [
@@ -219,12 +224,48 @@ def work_graph(spec: TrainGraphSpec, draws: RecordedDraws, device: str) -> tuple
         augment_video(frames[i * geo.frames : (i + 1) * geo.frames], spec.video_aug, spec.crop, draws)  # resized, then stacked
         for i in (0, 1)
     ]
-    views_a = []
+    waves = []
     for name in ("wave1", "wave2"):
         pcm = fn.external_source(name=name, dtype=types.INT16, ndim=1, no_copy=True)
-        wave = _sped_to_view(pcm, geo.audio_samples, device) if spec.speed and name == "wave2" else _to_float(pcm, device)
-        views_a.append(augment_audio(wave, spec.audio_aug, spec.mel, geo.audio_samples, draws))
+        waves.append(_sped_to_view(pcm, geo.audio_samples, device) if spec.speed and name == "wave2" else _to_float(pcm, device))
+    if uses_audio_union(spec) if audio_union is None else audio_union:
+        union = _to_float(fn.external_source(name=UNION_INPUTS[0], dtype=types.INT16, ndim=1, no_copy=True), device)
+        shift = fn.external_source(name=UNION_INPUTS[1], dtype=types.INT32, ndim=0)
+        shared = fn.external_source(name=UNION_INPUTS[2], dtype=types.BOOL, ndim=0)
+        if shared:  # a DALI conditional: each sample takes one branch
+            power1, power2 = union_powers(union, waves[0], waves[1], shift, spec.mel, geo.audio_samples)
+        else:
+            power1, power2 = audio_power(waves[0], spec.mel), audio_power(waves[1], spec.mel)
+    else:
+        power1, power2 = audio_power(waves[0], spec.mel), audio_power(waves[1], spec.mel)
+    views_a = [augment_audio_power(power, spec.audio_aug, spec.mel, geo.audio_samples, draws) for power in (power1, power2)]
     return (*views_v, *views_a)
+
+
+# work-graph inputs of the shared STFT of overlapping audio views (the loader fills them per batch,
+# ``union_inputs``): view 1's samples + view 2's last ``shift`` hops, the shift in hops, and
+# whether the sample's views share samples that way (else its two windows are transformed apart)
+UNION_INPUTS = ("wave_union", "union_shift", "union_shared")
+
+
+def uses_audio_union(spec: TrainGraphSpec) -> bool:
+    """Whether the work graph shares one STFT between overlapping audio views: front ends made of
+    plain windows (``union_supported``), no speed views (view 2's samples are resampled)."""
+    return spec.speed is None and union_supported(spec.mel)
+
+
+def union_inputs(wave1: np.ndarray, wave2: np.ndarray, offsets: np.ndarray, hop: int) -> tuple[list, np.ndarray, np.ndarray]:
+    """Per sample of a batch (int16 windows ``[B, N]`` and view 2's planned start minus view 1's,
+    in samples): (union window, shift in hops, shared). A sample shares when the offset is a whole
+    number of hops in [0, N) and the windows agree on their common samples (checked, so clamped
+    or padded windows simply take the separate path)."""
+    count = wave1.shape[1]
+    unions, shifts, shared = [], np.zeros(len(wave1), np.int32), np.zeros(len(wave1), np.bool_)
+    for b, offset in enumerate(offsets):
+        ok = 0 <= offset < count and offset % hop == 0 and np.array_equal(wave1[b, offset:], wave2[b, : count - offset])
+        unions.append(np.concatenate([wave1[b], wave2[b, count - offset :]]) if ok else wave1[b])
+        shifts[b], shared[b] = (offset // hop, True) if ok else (0, False)
+    return unions, shifts, shared
 
 
 def _sped_to_view(pcm_window: DataNode, num_samples: int, device: str) -> DataNode:

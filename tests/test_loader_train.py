@@ -393,6 +393,30 @@ def test_a_state_from_before_packed_draws_resumes_on_its_own_plan_graph(static_s
         build_train_loader(cfg, batch_size=1, seed=2).load_state_dict(dict(state, version=99))
 
 
+@pytest.mark.parametrize("mode, shared", [("mild", True), ("none", True), ("medium", True), ("extreme", False)])
+def test_overlapping_audio_views_share_one_stft(static_shards, monkeypatch, mode: str, shared: bool):
+    """Two audio views whose windows overlap by whole hops (mild: view 2 starts Wv/2 = 25 hops
+    later; none: the same window; medium: Wv) are transformed with one STFT of their union; every
+    augmentation on, the batches equal those of two separate STFTs up to float rounding. Views
+    that do not overlap (extreme) take the separate path."""
+    import crisscross.shards.loader as loader_module
+
+    cfg = {"shards": str(static_shards), "frames": 8, "crop": 32, "audio_seconds": 1.0, "shuffle_buffer": 4,
+           "relaxation": mode}
+    union = build_train_loader(cfg, batch_size=2, seed=3)
+    with monkeypatch.context() as patch:
+        patch.setattr(loader_module, "uses_audio_union", lambda spec: False)
+        apart = build_train_loader(cfg, batch_size=2, seed=3)
+    got, want = _collect(union, 4), _collect(apart, 4)
+    assert union.stats()["audio_shared"] == (8 if shared else 0) and apart.stats()["audio_shared"] == 0
+    for a, b in zip(got, want):
+        assert a["key"] == b["key"] and torch.equal(a["v1"], b["v1"]) and torch.equal(a["v2"], b["v2"])
+        for view in ("a1", "a2"):
+            assert torch.allclose(a[view], b[view], atol=2e-4), (view, float((a[view] - b[view]).abs().max()))
+    if mode == "none":  # one window: the views differ only by their augmentations
+        assert not torch.equal(got[0]["a1"], got[0]["a2"])
+
+
 def test_two_ranks_see_disjoint_samples_covering_the_dataset(index_shards, samples):
     for epoch in range(2):
         seen = []
