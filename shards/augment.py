@@ -23,12 +23,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import numpy as np
 import nvidia.dali.fn as fn
 import nvidia.dali.math as dmath
 import nvidia.dali.types as types
 from nvidia.dali.pipeline import DataNode
+
+from crisscross.shards import params
+from crisscross.shards.params import Sym
 
 # R(2+1)D / Kinetics-400 statistics used by torchvision's video models (RGB in [0, 1]).
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
@@ -212,7 +216,12 @@ class DrawSpec:
 
 
 class Draws:
-    """Source of per-sample random numbers for the augmentation graph."""
+    """Source of per-sample random numbers for the augmentation graph, and the arithmetic that
+    turns them into operator arguments. This base class does that arithmetic with DALI operators
+    inside the graph (``LiveDraws``, the evaluation pipelines); ``RecordedDraws`` (training)
+    records it as expressions that the loader evaluates with numpy for a whole batch
+    (``params.py``). The augmentation code only uses these methods, Python arithmetic and
+    indexing on the values, and ``node`` where a value becomes an operator's argument."""
 
     def uniform(self, lo: float, hi: float, size: int = 0, *, name: str = "") -> DataNode:
         return self.draw(DrawSpec("uniform", float(lo), float(hi), size, name))
@@ -222,6 +231,39 @@ class Draws:
 
     def draw(self, spec: DrawSpec) -> DataNode:
         raise NotImplementedError
+
+    # -- arithmetic on per-sample values (scalars or small vectors)
+    def floor(self, x): return dmath.floor(x)
+    def sqrt(self, x): return dmath.sqrt(x)
+    def exp(self, x): return dmath.exp(x)
+    def minimum(self, x, y): return dmath.min(x, y)
+    def maximum(self, x, y): return dmath.max(x, y)
+    def clamp(self, x, lo: float, hi: float): return dmath.clamp(x, lo, hi)
+    def sum(self, x): return fn.reductions.sum(x)
+    def min(self, x): return fn.reductions.min(x)
+    def as_float(self, x): return fn.cast(x, dtype=types.FLOAT)
+    def const(self, values) -> Any: return types.Constant(np.asarray(values, dtype=np.float32))
+
+    def stack(self, *values):
+        """Scalars (values or Python numbers) -> a vector."""
+        ref = next((v for v in values if isinstance(v, DataNode)), None)
+        if ref is None:
+            return self.const(values)
+        return fn.stack(*[v if isinstance(v, DataNode) else ref * 0.0 + float(v) for v in values])
+
+    def node(self, value, dtype=types.FLOAT):
+        """``value`` as an operator's argument (a Python number stays a number)."""
+        if not isinstance(value, DataNode) or dtype == types.FLOAT:
+            return value
+        return fn.cast(value, dtype=dtype)
+
+    def frame_size(self, frames: DataNode, *, one_frame: bool):
+        """(height, width) of a decoded ``[F, H, W, C]`` sequence or one ``[H, W, C]`` frame."""
+        shape = fn.cast(frames.shape(), dtype=types.FLOAT)
+        return (shape[0], shape[1]) if one_frame else (shape[1], shape[2])
+
+
+DALI_MATH = Draws()  # the base class's arithmetic, for code that has no Draws at hand
 
 
 def make_random(spec: DrawSpec) -> DataNode:
@@ -239,9 +281,6 @@ class LiveDraws(Draws):
         return make_random(spec)
 
 
-DRAWS_INPUT = "draws"  # the work graph's one external source of draws
-
-
 def draw_layout(specs: list[DrawSpec]) -> list[tuple[int, int]]:
     """(offset, length) of each draw in the packed draw vector, in ``specs`` order."""
     layout, offset = [], 0
@@ -257,24 +296,68 @@ def unpack_draws(packed: np.ndarray, specs: list[DrawSpec]) -> list[np.ndarray]:
     return [packed[:, o] if not spec.size else packed[:, o : o + n] for spec, (o, n) in zip(specs, draw_layout(specs))]
 
 
+_NUMPY_DTYPES = {types.FLOAT: np.float32, types.BOOL: np.bool_, types.INT32: np.int32}
+
+
 class RecordedDraws(Draws):
-    """Every draw is a slice of ONE ``external_source`` (``DRAWS_INPUT``, a float vector per
-    sample, laid out by ``draw_layout(specs)``): the plan pipeline makes the vector with one
-    random operator (``packed_draws``), the loader feeds it with one call. ``specs`` lists the
-    draws in order. (One input per draw cost 56 random operators in the plan and 56 feeds per
-    batch: 0.32 ms per clip of plan CPU alone on the default graph.)"""
+    """Training: the draws come from the plan pipeline (``specs``, in order; one packed vector per
+    sample, ``draw_layout``), and the arithmetic on them is recorded (``params.Sym``) instead of
+    becoming ~400 scalar DALI operators. Each value handed to an operator (``node``) becomes an
+    ``external_source`` (``param{i}``) that the loader fills per batch with ``evaluate``: numpy
+    over the batch. Frame sizes come from the JPEG headers of the frames registered with
+    ``register_frames``."""
 
     def __init__(self) -> None:
         self.specs: list[DrawSpec] = []
-        self._packed: DataNode | None = None
-        self._offset = 0
+        self.params: list[tuple[str, Sym, Any]] = []  # (input name, expression, DALI dtype)
+        self.frame_slots: dict[int, int] = {}  # id(decoded frame node) -> JPEG input slot
+        self.size_slots: list[int] = []  # the slots whose sizes the expressions read
 
-    def draw(self, spec: DrawSpec) -> DataNode:
-        if self._packed is None:
-            self._packed = fn.external_source(name=DRAWS_INPUT, dtype=types.FLOAT, ndim=1, no_copy=True)
+    def draw(self, spec: DrawSpec) -> Sym:
         self.specs.append(spec)
-        offset, self._offset = self._offset, self._offset + max(spec.size, 1)
-        return self._packed[offset : offset + spec.size] if spec.size else self._packed[offset]
+        return params.leaf(("draw", len(self.specs) - 1), spec.size)
+
+    def floor(self, x): return params.apply("floor", x)
+    def sqrt(self, x): return params.apply("sqrt", x)
+    def exp(self, x): return params.apply("exp", x)
+    def minimum(self, x, y): return params.apply("minimum", x, y)
+    def maximum(self, x, y): return params.apply("maximum", x, y)
+    def clamp(self, x, lo: float, hi: float): return params.apply("clamp", x, lo, hi)
+    def sum(self, x): return params.apply("sum", x, size=0)
+    def min(self, x): return params.apply("min", x, size=0)
+    def as_float(self, x): return params.apply("as_float", x)
+    def const(self, values) -> Any: return np.asarray(values, dtype=np.float32)
+    def stack(self, *values): return params.apply("stack", *values, size=len(values))
+
+    def node(self, value, dtype=types.FLOAT):
+        if not isinstance(value, Sym):
+            return value
+        name = f"param{len(self.params)}"
+        self.params.append((name, value, dtype))
+        return fn.external_source(name=name, dtype=dtype, ndim=1 if value.size else 0)
+
+    def register_frames(self, frames: list[DataNode]) -> None:
+        """The decoded frames of JPEG inputs ``jpeg{j}``, in slot order (their sizes are read from
+        the JPEG headers when a crop box needs them)."""
+        self.frame_slots = {id(frame): slot for slot, frame in enumerate(frames)}
+
+    def frame_size(self, frames: DataNode, *, one_frame: bool):
+        slot = self.frame_slots.get(id(frames))
+        if slot is None or not one_frame:
+            raise ValueError("RecordedDraws: a frame size is only known for a registered decoded frame")
+        self.size_slots.append(slot)
+        size = params.leaf(("size", slot), 2)
+        return size[0], size[1]
+
+    def evaluate(self, packed: np.ndarray, sizes: dict[int, np.ndarray]) -> list[tuple[str, np.ndarray]]:
+        """Every recorded parameter for a batch: ``packed`` draws ``[B, K]`` (``draw_layout``),
+        ``sizes`` slot -> ``[B, 2]`` (height, width) of that slot's frames."""
+        batch = len(packed)
+        leaves: dict[Any, np.ndarray] = {("size", slot): sizes[slot] for slot in self.size_slots}
+        for i, column in enumerate(unpack_draws(np.asarray(packed, dtype=np.float32), self.specs)):
+            leaves[("draw", i)] = column
+        values = params.evaluate([sym for _, sym, _ in self.params], leaves, batch)
+        return [(name, value.astype(_NUMPY_DTYPES[dtype])) for (name, _, dtype), value in zip(self.params, values)]
 
 
 def packed_draws(specs: list[DrawSpec]) -> DataNode:
@@ -307,40 +390,39 @@ def _multiscale_box(frames: DataNode, aug: VideoAugment, draws: Draws, *, one_fr
     """torchvision RandomResizedCrop box, in DALI arithmetic: 10 attempts of (area, log-ratio);
     the first whose box fits the frame wins; if none fits, the whole frame. Returns
     (y0, x0, height, width) in pixels."""
-    shape = fn.cast(frames.shape(), dtype=types.FLOAT)  # [F, H, W, C] or one frame [H, W, C]
-    height, width = (shape[0], shape[1]) if one_frame else (shape[1], shape[2])
+    height, width = draws.frame_size(frames, one_frame=one_frame)  # [F, H, W, C] or one frame [H, W, C]
     area = draws.uniform(*aug.crop_area, size=CROP_ATTEMPTS, name="video.crop_area") * (height * width)
     log_ratio = draws.uniform(math.log(aug.crop_ratio[0]), math.log(aug.crop_ratio[1]), size=CROP_ATTEMPTS,
                               name="video.crop_log_ratio")
-    ratio = dmath.exp(log_ratio)
-    box_w = dmath.floor(dmath.sqrt(area * ratio) + 0.5)
-    box_h = dmath.floor(dmath.sqrt(area / ratio) + 0.5)
-    fits = fn.cast((box_w <= width) & (box_h <= height) & (box_w >= 1.0) & (box_h >= 1.0), dtype=types.FLOAT)
-    rank = types.Constant(np.arange(CROP_ATTEMPTS, dtype=np.float32)) + (1.0 - fits) * 1000.0
-    first = fn.reductions.min(rank)
-    chosen = fn.cast(rank == first, dtype=types.FLOAT) * fn.cast(first < 1000.0, dtype=types.FLOAT)
-    any_fit = fn.reductions.sum(chosen)  # 1.0 or 0.0
-    w = fn.reductions.sum(box_w * chosen) + (1.0 - any_fit) * width
-    h = fn.reductions.sum(box_h * chosen) + (1.0 - any_fit) * height
-    y0 = dmath.floor(draws.uniform(0.0, 1.0, name="video.crop_y") * (height - h + 1.0 - 1e-3))
-    x0 = dmath.floor(draws.uniform(0.0, 1.0, name="video.crop_x") * (width - w + 1.0 - 1e-3))
+    ratio = draws.exp(log_ratio)
+    box_w = draws.floor(draws.sqrt(area * ratio) + 0.5)
+    box_h = draws.floor(draws.sqrt(area / ratio) + 0.5)
+    fits = draws.as_float((box_w <= width) & (box_h <= height) & (box_w >= 1.0) & (box_h >= 1.0))
+    rank = draws.const(np.arange(CROP_ATTEMPTS)) + (1.0 - fits) * 1000.0
+    first = draws.min(rank)
+    chosen = draws.as_float(rank == first) * draws.as_float(first < 1000.0)
+    any_fit = draws.sum(chosen)  # 1.0 or 0.0
+    w = draws.sum(box_w * chosen) + (1.0 - any_fit) * width
+    h = draws.sum(box_h * chosen) + (1.0 - any_fit) * height
+    y0 = draws.floor(draws.uniform(0.0, 1.0, name="video.crop_y") * (height - h + 1.0 - 1e-3))
+    x0 = draws.floor(draws.uniform(0.0, 1.0, name="video.crop_x") * (width - w + 1.0 - 1e-3))
     return y0, x0, h, w
 
 
-def _roi(box: Box, flip: DataNode | None) -> tuple[DataNode, DataNode]:
+def _roi(box: Box, flip: DataNode | None, draws: Draws) -> tuple[DataNode, DataNode]:
     """The box as ``fn.resize``'s (roi_start, roi_end) [y, x]. ``flip`` (1.0 / 0.0) swaps the x
     ends, which ``fn.resize`` reads as a horizontal flip: it samples the mirrored positions, the
     same values as flipping after the resize (up to rounding) at no cost (the mirror in
     ``crop_mirror_normalize`` cost 0.2 ms per 8-frame 112 px view)."""
     y0, x0, h, w = box
     if flip is None:
-        return fn.stack(y0, x0), fn.stack(y0 + h, x0 + w)
+        return draws.node(draws.stack(y0, x0)), draws.node(draws.stack(y0 + h, x0 + w))
     left = x0 + flip * w
-    return fn.stack(y0, left), fn.stack(y0 + h, left + (1.0 - 2.0 * flip) * w)
+    return draws.node(draws.stack(y0, left)), draws.node(draws.stack(y0 + h, left + (1.0 - 2.0 * flip) * w))
 
 
 def resize_crop_video(frames: DataNode | list[DataNode], crop: int, box: Box | None = None,
-                      flip: DataNode | None = None) -> DataNode:
+                      flip: DataNode | None = None, draws: Draws = DALI_MATH) -> DataNode:
     """Resize the crop ``box`` (flipped where ``flip`` is 1) to ``crop`` x ``crop``, or without a
     box a short-side resize + centre crop.
 
@@ -350,7 +432,7 @@ def resize_crop_video(frames: DataNode | list[DataNode], crop: int, box: Box | N
     1.9 ms per 8-frame view; the box comes from the first frame, all frames of a clip share a size)."""
     listed = isinstance(frames, (list, tuple))
     if box is not None:
-        start, end = _roi(box, flip)
+        start, end = _roi(box, flip, draws)
         if listed:
             return fn.stack(*[fn.resize(f, roi_start=start, roi_end=end, size=[crop, crop], antialias=False)
                               for f in frames], axis_name="F")
@@ -391,36 +473,37 @@ def _twist_params(aug: VideoAugment, draws: Draws) -> TwistParams:
     return TwistParams(brightness, contrast, saturation, hue)
 
 
-def _apply_twist(frames: DataNode, twist: TwistParams) -> DataNode:
+def _apply_twist(frames: DataNode, twist: TwistParams, draws: Draws = DALI_MATH) -> DataNode:
     """Float output, clamped to the uint8 range: the same values as the uint8 twist without its
     rounding. The clamp is min(max()): DALI's CPU ``math.clamp`` costs 3x as much for the same
     result (measured per 8-frame 112 px view: twist 0.90, min(max()) 0.26, clamp 0.81, a uint8
     output 2.8 ms)."""
-    twisted = fn.color_twist(frames, brightness=twist.brightness, contrast=twist.contrast,
-                             saturation=twist.saturation, hue=twist.hue, dtype=types.FLOAT)
+    twisted = fn.color_twist(frames, brightness=draws.node(twist.brightness), contrast=draws.node(twist.contrast),
+                             saturation=draws.node(twist.saturation), hue=draws.node(twist.hue), dtype=types.FLOAT)
     return dmath.min(dmath.max(twisted, 0.0), 255.0)
 
 
 def _color_twist(frames: DataNode, aug: VideoAugment, draws: Draws) -> DataNode:
-    return _apply_twist(frames, _twist_params(aug, draws))
+    return _apply_twist(frames, _twist_params(aug, draws), draws)
 
 
-def gaussian_taps(sigma: DataNode, window: int) -> DataNode:
+def gaussian_taps(sigma: DataNode, window: int, draws: Draws = DALI_MATH) -> DataNode:
     """The normalized Gaussian window ``exp(-x^2 / (2 sigma^2))``, x in [-window//2, window//2],
     per sample (float32 vector): the kernel ``fn.gaussian_blur`` builds for ``window_size``/``sigma``."""
     half = window // 2
-    squares = types.Constant((-0.5 * np.arange(-half, half + 1, dtype=np.float32) ** 2).astype(np.float32))
-    taps = dmath.exp(squares / (sigma * sigma))
-    return taps / fn.reductions.sum(taps)
+    squares = draws.const(-0.5 * np.arange(-half, half + 1, dtype=np.float32) ** 2)
+    taps = draws.exp(squares / (sigma * sigma))
+    return taps / draws.sum(taps)
 
 
 def _blur_params(aug: VideoAugment, draws: Draws) -> tuple[DataNode, DataNode]:
     """(applied, sigma): the blur's coin (p) and sigma ~ U(blur_sigma)."""
-    applied = fn.cast(draws.coin(aug.blur_p, name="video.blur"), dtype=types.BOOL)
+    applied = draws.node(draws.coin(aug.blur_p, name="video.blur"), dtype=types.BOOL)
     return applied, draws.uniform(*aug.blur_sigma, name="video.blur_sigma")
 
 
-def _apply_blur(frames: DataNode, aug: VideoAugment, applied: DataNode, sigma: DataNode, *, is_float: bool) -> DataNode:
+def _apply_blur(frames: DataNode, aug: VideoAugment, applied: DataNode, sigma: DataNode, *, is_float: bool,
+                draws: Draws = DALI_MATH) -> DataNode:
     """Gaussian blur (11-tap window) where ``applied``. A DALI conditional (the graph is built with
     ``enable_conditionals``) runs the blur only on the chosen samples: the blur is the most
     expensive visual operator, and half the views skip it. The blur is two 1-D passes
@@ -430,37 +513,39 @@ def _apply_blur(frames: DataNode, aug: VideoAugment, applied: DataNode, sigma: D
     borders are symmetric, so the blur commutes with the horizontal flip."""
     if not is_float:  # both branches must give float frames
         frames = fn.cast(frames, dtype=types.FLOAT)
+    taps = draws.node(gaussian_taps(sigma, aug.blur_kernel, draws))  # made outside the conditional
     if applied:
-        taps = gaussian_taps(sigma, aug.blur_kernel)
         along_w = fn.filter(frames, fn.reshape(taps, shape=[1, aug.blur_kernel]), dtype=types.FLOAT, border="reflect_101")
         frames = fn.filter(along_w, fn.reshape(taps, shape=[aug.blur_kernel, 1]), border="reflect_101")
     return frames
 
 
 def _blur(frames: DataNode, aug: VideoAugment, draws: Draws, *, is_float: bool) -> DataNode:
-    return _apply_blur(frames, aug, *_blur_params(aug, draws), is_float=is_float)
+    return _apply_blur(frames, aug, *_blur_params(aug, draws), is_float=is_float, draws=draws)
 
 
 def _cutout_params(aug: VideoAugment, crop: int, draws: Draws) -> tuple[DataNode, DataNode]:
     """(side, anchor [y, x]): one square hole per view, side uniform in {1..max}, centre uniform
     over the image (the square is clipped), as the reference implementation."""
-    side = dmath.floor(draws.uniform(1.0, aug.cutout_max_size + 1.0 - 1e-3, name="video.cutout_side"))
+    side = draws.floor(draws.uniform(1.0, aug.cutout_max_size + 1.0 - 1e-3, name="video.cutout_side"))
     centre = draws.uniform(0.0, float(crop), size=2, name="video.cutout_centre")
-    return side, dmath.floor(centre - side / 2.0)
+    return side, draws.floor(centre - side / 2.0)
 
 
-def _apply_cutout(frames: DataNode, side: DataNode, anchor: DataNode, crop: int, flip: DataNode | None) -> DataNode:
+def _apply_cutout(frames: DataNode, side: DataNode, anchor: DataNode, crop: int, flip: DataNode | None,
+                  draws: Draws = DALI_MATH) -> DataNode:
     """The hole, filled with the per-channel mean of the view's first frame (the paper; the official
     code multiplies instead, which we do not copy), in every frame. ``flip``: the frames were
     flipped before the hole is cut (in the resize), so the hole moves to its mirror image: the
     output is that of cutting first and flipping after."""
     if flip is not None:
         x0 = anchor[1]  # the mirror of [x0, x0 + side) is [crop - side - x0, crop - x0)
-        anchor = fn.stack(anchor[0], x0 + flip * (float(crop) - side - 2.0 * x0))
+        anchor = draws.stack(anchor[0], x0 + flip * (float(crop) - side - 2.0 * x0))
     fill = fn.reductions.mean(fn.cast(frames[0], dtype=types.FLOAT), axes=[0, 1])
     if fill.device == "gpu":  # operator arguments live on the CPU: a small GPU->CPU copy per view
         fill = fill.cpu()
-    return fn.erase(frames, anchor=anchor, shape=fn.stack(side, side), axis_names="HW", fill_value=fill)
+    return fn.erase(frames, anchor=draws.node(anchor), shape=draws.node(draws.stack(side, side)), axis_names="HW",
+                    fill_value=fill)
 
 
 def augment_video(frames: DataNode | list[DataNode], aug: VideoAugment, crop: int, draws: Draws) -> DataNode:
@@ -480,14 +565,14 @@ def augment_video(frames: DataNode | list[DataNode], aug: VideoAugment, crop: in
     flip = draws.coin(aug.flip_p, name="video.flip") if aug.flip else None
     flip_in_resize = flip if box is not None else None
 
-    frames = resize_crop_video(frames, crop, box, flip_in_resize)
+    frames = resize_crop_video(frames, crop, box, flip_in_resize, draws)
     if twist is not None:
-        frames = _apply_twist(frames, twist)  # float from here on
+        frames = _apply_twist(frames, twist, draws)  # float from here on
     if blur is not None:
-        frames = _apply_blur(frames, aug, *blur, is_float=twisted)
+        frames = _apply_blur(frames, aug, *blur, is_float=twisted, draws=draws)
     if cutout is not None:
-        frames = _apply_cutout(frames, *cutout, crop, flip_in_resize)
-    mirror = fn.cast(flip, dtype=types.INT32) if (flip is not None and box is None) else 0
+        frames = _apply_cutout(frames, *cutout, crop, flip_in_resize, draws)
+    mirror = draws.node(flip, dtype=types.INT32) if (flip is not None and box is None) else 0
     return fn.crop_mirror_normalize(
         frames,
         mirror=mirror,
@@ -615,13 +700,13 @@ def union_powers(union: DataNode, wave1: DataNode, wave2: DataNode, shift: DataN
     return join(pieces1), join(pieces2)
 
 
-def _resize_2d(spec: DataNode, height, width, interp=types.INTERP_LINEAR) -> DataNode:
+def _resize_2d(spec: DataNode, height: int, width, interp=types.INTERP_LINEAR, draws: Draws = DALI_MATH) -> DataNode:
     """Resize a 2-D map (treated as a 1-channel image) to (height, width); width may be per-sample."""
     image = fn.reshape(fn.expand_dims(spec, axes=[2]), layout="HWC")
-    if isinstance(width, DataNode):
-        size = fn.stack(0.0 * width + float(height), width)
-    else:
+    if isinstance(width, (int, float)):
         size = [float(height), float(width)]
+    else:
+        size = draws.node(draws.stack(float(height), width))
     out = fn.resize(image, size=size, interp_type=interp, antialias=False)
     return fn.squeeze(out, axes=[2])
 
@@ -633,13 +718,14 @@ def _time_warp(spec: DataNode, aug: AudioAugment, n_mels: int, n_frames: int, dr
     """SpecAugment time warp: the frame at ``w0`` moves to ``w0 + d`` (|d| < window), both sides
     resized linearly (as s3prl's implementation, which the paper uses)."""
     window = min(aug.time_warp_window, max(n_frames // 2 - 1, 1))
-    centre = dmath.floor(draws.uniform(float(window), float(n_frames - window), name="audio.time_warp_centre"))
-    shift = dmath.floor(draws.uniform(float(-window + 1), float(window), name="audio.time_warp_shift"))
-    zero = 0.0 * centre
-    left = fn.slice(spec, fn.stack(zero, zero), fn.stack(zero + n_mels, centre), axes=[0, 1], **_PIXELS)
-    right = fn.slice(spec, fn.stack(zero, centre), fn.stack(zero + n_mels, n_frames - centre), axes=[0, 1], **_PIXELS)
-    left = _resize_2d(left, n_mels, centre + shift)
-    right = _resize_2d(right, n_mels, n_frames - centre - shift)
+    centre = draws.floor(draws.uniform(float(window), float(n_frames - window), name="audio.time_warp_centre"))
+    shift = draws.floor(draws.uniform(float(-window + 1), float(window), name="audio.time_warp_shift"))
+    left = fn.slice(spec, draws.node(draws.stack(0.0, 0.0 * centre)), draws.node(draws.stack(float(n_mels), centre)),
+                    axes=[0, 1], **_PIXELS)
+    right = fn.slice(spec, draws.node(draws.stack(0.0, centre)), draws.node(draws.stack(float(n_mels), n_frames - centre)),
+                     axes=[0, 1], **_PIXELS)
+    left = _resize_2d(left, n_mels, centre + shift, draws=draws)
+    right = _resize_2d(right, n_mels, n_frames - centre - shift, draws=draws)
     return fn.cat(left, right, axis=1)
 
 
@@ -650,20 +736,20 @@ def _masks(spec: DataNode, aug: AudioAugment, n_mels: int, n_frames: int, draws:
     regions += [(1, aug.time_mask_max, n_frames)] * (aug.time_mask_num if aug.time_mask else 0)
     for axis, max_width, extent in regions:
         kind = "freq" if axis == 0 else "time"
-        width = dmath.floor(draws.uniform(0.0, max_width + 1.0 - 1e-3, name=f"audio.{kind}_mask_width"))
-        start = dmath.floor(draws.uniform(0.0, 1.0, name=f"audio.{kind}_mask_start") * (extent - width + 1.0 - 1e-3))
-        zero = 0.0 * width
+        width = draws.floor(draws.uniform(0.0, max_width + 1.0 - 1e-3, name=f"audio.{kind}_mask_width"))
+        start = draws.floor(draws.uniform(0.0, 1.0, name=f"audio.{kind}_mask_start") * (extent - width + 1.0 - 1e-3))
         other_extent = float(n_frames if axis == 0 else n_mels)
         if axis == 0:
-            anchors += [start, zero]
-            shapes += [width, zero + other_extent]
+            anchors += [start, 0.0]
+            shapes += [width, other_extent]
         else:
-            anchors += [zero, start]
-            shapes += [zero + other_extent, width]
+            anchors += [0.0, start]
+            shapes += [other_extent, width]
     if not anchors:
         return spec
     spec = fn.reshape(spec, layout="HW")
-    return fn.erase(spec, anchor=fn.stack(*anchors), shape=fn.stack(*shapes), axis_names="HW", fill_value=0.0)
+    return fn.erase(spec, anchor=draws.node(draws.stack(*anchors)), shape=draws.node(draws.stack(*shapes)),
+                    axis_names="HW", fill_value=0.0)
 
 
 def _random_resized_crop(spec: DataNode, aug: AudioAugment, n_mels: int, n_frames: int, draws: Draws) -> DataNode:
@@ -672,17 +758,17 @@ def _random_resized_crop(spec: DataNode, aug: AudioAugment, n_mels: int, n_frame
     uniform position, resize it back to (F, T) bicubically."""
     canvas_f = int(n_mels * aug.crop_virtual_scale[0])
     canvas_t = int(n_frames * aug.crop_virtual_scale[1])
-    box_f = dmath.clamp(dmath.floor(draws.uniform(*aug.crop_freq_scale, name="audio.crop_freq_scale") * n_mels), 1.0, float(canvas_f))
-    box_t = dmath.clamp(dmath.floor(draws.uniform(*aug.crop_time_scale, name="audio.crop_time_scale") * n_frames), 1.0, float(canvas_t))
-    top = dmath.floor(draws.uniform(0.0, 1.0, name="audio.crop_top") * (canvas_f - box_f + 1.0 - 1e-3))
-    left = dmath.floor(draws.uniform(0.0, 1.0, name="audio.crop_left") * (canvas_t - box_t + 1.0 - 1e-3))
+    box_f = draws.clamp(draws.floor(draws.uniform(*aug.crop_freq_scale, name="audio.crop_freq_scale") * n_mels), 1.0, float(canvas_f))
+    box_t = draws.clamp(draws.floor(draws.uniform(*aug.crop_time_scale, name="audio.crop_time_scale") * n_frames), 1.0, float(canvas_t))
+    top = draws.floor(draws.uniform(0.0, 1.0, name="audio.crop_top") * (canvas_f - box_f + 1.0 - 1e-3))
+    left = draws.floor(draws.uniform(0.0, 1.0, name="audio.crop_left") * (canvas_t - box_t + 1.0 - 1e-3))
     # Canvas coordinates -> input coordinates (the input sits centred on the canvas).
     top = top - float((canvas_f - n_mels) // 2)
     left = left - float((canvas_t - n_frames) // 2)
     box = fn.slice(
         spec,
-        fn.stack(top, left),
-        fn.stack(box_f, box_t),
+        draws.node(draws.stack(top, left)),
+        draws.node(draws.stack(box_f, box_t)),
         axes=[0, 1],
         normalized_anchor=False,  # float anchor/shape would otherwise be read as fractions
         normalized_shape=False,
@@ -703,7 +789,7 @@ def augment_audio_power(power: DataNode, aug: AudioAugment, mel: LogMel, num_sam
     masks, random resized crop."""
     if aug.volume:
         gain = draws.uniform(1.0 - aug.volume_range, 1.0 + aug.volume_range, name="audio.volume")
-        power = power * (gain * gain)
+        power = power * draws.node(gain * gain)
     spec = power_to_features(power, mel, num_samples)
     if mel.normalized:
         spec = (spec - mel.mean) * (1.0 / mel.std)

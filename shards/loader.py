@@ -30,7 +30,6 @@ from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 from crisscross.config import Strict
 from crisscross.shards.augment import (
     AUDIO_FRONTENDS,
-    DRAWS_INPUT,
     AudioAugment,
     AugmentConfig,
     LogMel,
@@ -39,7 +38,7 @@ from crisscross.shards.augment import (
 )
 from crisscross.shards.bad_samples import DEFAULT_MAX_BAD_FRACTION, BadSample, BadSampleTracker
 from crisscross.shards.dataset import Dataset, ShardError  # noqa: F401 (ShardError re-exported)
-from crisscross.shards.mjpeg_frames import FrameTables, Mp4Error, jpeg_frames
+from crisscross.shards.mjpeg_frames import FrameTables, Mp4Error, jpeg_frames, jpeg_size
 from crisscross.shards.pipelines import (
     AUDIO_EXTS,
     READER_NAME,
@@ -450,6 +449,7 @@ class TrainLoader:
         self.spec = config.graph_spec(self.fps, self.sample_rate)
         self._draws = RecordedDraws()
         self._audio_union = uses_audio_union(self.spec)  # overlapping audio views share one STFT
+        self._frame_sizes: dict[int, np.ndarray] = {}
         self._state_version = STATE_VERSION  # the plan graph's draws: packed (2) or one operator each (1)
         self._frame_tables = FrameTables()
         self._work = self._build_work()
@@ -571,11 +571,15 @@ class TrainLoader:
         frame_ids = plan["frames"].as_array()
         per_frame: list[list[TensorCPU]] = [[None] * len(info) for _ in range(frame_ids.shape[1])]  # type: ignore[list-item]
         mapping = list(range(len(info)))  # a bad sample's slot gets a good sample's index
+        # (height, width) of the frames whose size a crop box reads (RecordedDraws.frame_size)
+        self._frame_sizes = {slot: np.zeros((len(info), 2), np.float32) for slot in set(self._draws.size_slots)}
         for b, row in enumerate(info):
             source = row.tobytes().rstrip(b"\0").decode("utf-8", "replace")
             data = np.asarray(video[b])  # zero-copy view
             try:  # parses the MP4's sample table against the frames the index planned
                 jpegs = jpeg_frames(data, self._frame_tables.get(source, data), frame_ids[b])
+                for slot, size in self._frame_sizes.items():
+                    size[b] = jpeg_size(jpegs[slot])
             except Mp4Error as exc:
                 self._record_bad(info, b, "feed", f"bad video: {exc}")
                 mapping[b] = -1
@@ -594,13 +598,22 @@ class TrainLoader:
         identity = mapping == list(range(len(per_frame[0])))
         for j, jpegs in enumerate(per_frame):
             self._work.feed_input(f"jpeg{j}", jpegs if identity else [jpegs[m] for m in mapping])
-        inputs = [("wave1", plan["wave1"]), ("wave2", plan["wave2"])]
-        if self._draws.specs:  # a graph without augmentations has no draws input
-            inputs.append((DRAWS_INPUT, draws))
-        for name, batch in inputs:
+        for name in ("wave1", "wave2"):
+            batch = plan[name]
             self._work.feed_input(name, batch if identity else [batch[m] for m in mapping])
+        self._feed_params(draws, mapping)
         if self._audio_union:
             self._feed_union(plan, mapping)
+
+    def _feed_params(self, draws, mapping: list[int]) -> None:
+        """Every augmentation argument of the fed samples (``RecordedDraws.evaluate``: the recorded
+        arithmetic on the plan's draws and the frame sizes, numpy over the batch)."""
+        if not self._draws.params:
+            return
+        packed = (draws.as_array() if hasattr(draws, "as_array") else np.asarray(draws))[mapping]
+        sizes = {slot: size[mapping] for slot, size in self._frame_sizes.items()}
+        for name, values in self._draws.evaluate(packed, sizes):
+            self._work.feed_input(name, values)
 
     def _feed_union(self, plan: dict[str, Any], mapping: list[int]) -> None:
         """The shared-STFT inputs (``pipelines.union_inputs``) of the samples fed: the offset of view

@@ -143,3 +143,34 @@ def jpeg_frames(data: np.ndarray, table: tuple[np.ndarray, np.ndarray], indices:
     starts = offsets[indices]  # one vectorised lookup; Python ints slice faster than numpy scalars
     ends = (starts + sizes[indices]).tolist()
     return [data[start:end] for start, end in zip(starts.tolist(), ends)]
+
+
+# JPEG start-of-frame markers (baseline, extended, progressive, lossless, arithmetic): C0-CF
+# except DHT (C4), JPG (C8) and DAC (CC)
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_size(jpeg: np.ndarray | bytes) -> tuple[int, int]:
+    """(height, width) of a JPEG image from its start-of-frame header (no decoding): what the
+    training loader's crop boxes need before the frames are decoded. ``Mp4Error`` (a ValueError)
+    for data that is not a JPEG or has no frame header."""
+    data = bytes(jpeg[:65536]) if isinstance(jpeg, np.ndarray) else jpeg
+    if data[:2] != b"\xff\xd8":
+        raise Mp4Error("frame is not a JPEG (no SOI marker)")
+    p = 2
+    while p + 4 <= len(data):
+        if data[p] != 0xFF:
+            raise Mp4Error(f"JPEG marker expected at byte {p}")
+        marker = data[p + 1]
+        if marker == 0xFF:  # fill byte
+            p += 1
+            continue
+        length = int.from_bytes(data[p + 2 : p + 4], "big")
+        if marker in _SOF_MARKERS:
+            if p + 9 > len(data):
+                break
+            return int.from_bytes(data[p + 5 : p + 7], "big"), int.from_bytes(data[p + 7 : p + 9], "big")
+        if marker == 0xDA:  # start of scan before any frame header
+            break
+        p += 2 + length
+    raise Mp4Error("JPEG has no frame header (SOF) before its scan")

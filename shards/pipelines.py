@@ -220,6 +220,7 @@ def work_graph(spec: TrainGraphSpec, draws: RecordedDraws, device: str, *, audio
                           device=decoder_device, output_type=types.RGB)
         for j in range(2 * geo.frames)
     ]
+    draws.register_frames(frames)  # crop boxes read the frame sizes from the JPEG headers
     views_v = [
         augment_video(frames[i * geo.frames : (i + 1) * geo.frames], spec.video_aug, spec.crop, draws)  # resized, then stacked
         for i in (0, 1)

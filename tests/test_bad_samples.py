@@ -40,12 +40,16 @@ def _corrupt(shards: Path, dst: Path, video_members) -> dict[str, str]:
     with open(tar_a, "r+b") as handle:  # the MP4's first box sizes: the sample table cannot be read
         handle.seek(off_a)
         handle.write(b"\xff" * 64)
-    with open(tar_b, "r+b") as handle:  # every JPEG frame zeroed inside an intact MP4
-        handle.seek(off_b)
+    with open(tar_b, "r+b") as handle:  # every JPEG frame's Huffman tables broken inside an intact MP4
+        handle.seek(off_b)  # (frame headers intact: the loader's header check passes, the decoder fails)
         payload = bytearray(handle.read(size_b))
         start = payload.find(b"mdat") + 4
         end = payload.find(b"moov") if payload.find(b"moov") > start else len(payload)
-        payload[start:end] = bytes(end - start)
+        marker = payload.find(b"\xff\xc4", start, end)  # DHT: length (2), class/id (1), 16 code counts
+        assert marker > 0
+        while 0 < marker < end:
+            payload[marker + 5 : marker + 21] = b"\xff" * 16  # counts summing past 256: a bogus table
+            marker = payload.find(b"\xff\xc4", marker + 21, end)
         handle.seek(off_b)
         handle.write(payload)
     return {key_a: "feed", key_b: "decode"}

@@ -148,6 +148,89 @@ def test_view_with_the_flip_in_the_resize_equals_the_recipe_order(change: dict):
         assert np.abs(ours - np.flip(reference, axis=-1)).max() > 0.5
 
 
+class ColumnDraws(Draws):
+    """Every draw is an external source fed with given per-sample values; the arithmetic on them is
+    the base class's, DALI operators in the graph (as the evaluation pipelines do it)."""
+
+    def __init__(self) -> None:
+        self.specs: list[DrawSpec] = []
+
+    def draw(self, spec: DrawSpec):
+        self.specs.append(spec)
+        return fn.external_source(name=f"col{len(self.specs) - 1}", dtype=types.FLOAT, ndim=1 if spec.size else 0)
+
+
+def _random_draws(specs: list[DrawSpec], batch: int, rng: np.random.Generator) -> np.ndarray:
+    columns = []
+    for spec in specs:
+        u = rng.random((batch, max(spec.size, 1)), dtype=np.float32)
+        columns.append((u < spec.lo).astype(np.float32) if spec.kind == "coin" else spec.lo + (spec.hi - spec.lo) * u)
+    return np.concatenate(columns, axis=1)
+
+
+def test_numpy_parameters_equal_the_dali_arithmetic():
+    """Training evaluates the augmentation arithmetic with numpy over the batch (RecordedDraws);
+    evaluation graphs do it with DALI operators. For the same draws and frames both give the same
+    views (every video and audio augmentation on, both flips, blur on and off)."""
+    from crisscross.shards.augment import AudioAugment, LogMel, RecordedDraws, augment_audio_power, augment_video
+
+    aug, audio_aug, mel, crop, frames_per_view = VideoAugment(), AudioAugment(), augment.LogMel(), 112, 3
+    assert isinstance(mel, LogMel)
+    rng = np.random.default_rng(5)
+    frames = [[rng.integers(0, 256, size=(112, 149, 3), dtype=np.uint8) for _ in range(BATCH)] for _ in range(frames_per_view)]
+    power = [rng.random((201, 80), dtype=np.float32) for _ in range(BATCH)]
+    recorded, columns = RecordedDraws(), ColumnDraws()
+
+    @pipeline_def(batch_size=BATCH, num_threads=1, device_id=None, enable_conditionals=True, exec_pipelined=False,
+                  exec_async=False, prefetch_queue_depth=1)
+    def pipe():
+        decoded = [fn.reshape(fn.external_source(name=f"f{i}", layout="HWC"), layout="HWC") for i in range(frames_per_view)]
+        spectrum = fn.external_source(name="power", layout="tf")
+        recorded.register_frames(decoded)
+        ours = (augment_video(decoded, aug, crop, recorded), augment_audio_power(spectrum, audio_aug, mel, 32000, recorded))
+        dali = (augment_video(decoded, aug, crop, columns), augment_audio_power(spectrum, audio_aug, mel, 32000, columns))
+        return (*ours, *dali)
+
+    p = pipe()
+    p.build()
+    assert recorded.specs == columns.specs and len(recorded.params) > 10
+    for _ in range(3):
+        packed = _random_draws(recorded.specs, BATCH, rng)
+        packed[:, [i for i, d in enumerate(recorded.specs) if d.name == "video.flip"][0]] = [0, 1, 0, 1][:BATCH]
+        for i, batch in enumerate(frames):
+            p.feed_input(f"f{i}", batch)
+        p.feed_input("power", power)
+        for i, column in enumerate(augment.unpack_draws(packed, columns.specs)):
+            p.feed_input(f"col{i}", np.ascontiguousarray(column))
+        sizes = {slot: np.tile(np.float32([112, 149]), (BATCH, 1)) for slot in recorded.size_slots}
+        for name, values in recorded.evaluate(packed, sizes):
+            p.feed_input(name, values)
+        video, audio, video_dali, audio_dali = (np.array(out.as_tensor()) for out in p.run())
+        np.testing.assert_allclose(video, video_dali, atol=1e-5)
+        np.testing.assert_allclose(audio, audio_dali, atol=1e-4)
+        assert np.abs(video).max() > 0.5 and np.abs(audio).max() > 0.5  # real views, not zeros
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_jpeg_size_reads_the_frame_header(mode: str):
+    """The crop boxes' frame sizes come from the JPEG header: equal to the decoded size (PIL), a
+    non-JPEG or a JPEG cut before its frame header is refused with Mp4Error (a bad sample)."""
+    import io
+
+    from PIL import Image
+
+    from crisscross.shards.mjpeg_frames import Mp4Error, jpeg_size
+
+    buffer = io.BytesIO()
+    Image.new(mode, (149, 112), color=90 if mode == "L" else (10, 200, 30)).save(buffer, format="JPEG", quality=90)
+    data = np.frombuffer(buffer.getvalue(), dtype=np.uint8)
+    assert jpeg_size(data) == (112, 149) == Image.open(io.BytesIO(buffer.getvalue())).size[::-1]
+    with pytest.raises(Mp4Error, match="not a JPEG"):
+        jpeg_size(data[2:])
+    with pytest.raises(Mp4Error):
+        jpeg_size(data[:20])
+
+
 def test_time_major_spectrogram_gives_the_same_log_mel():
     """``log_mel`` computes the STFT time-major (cheaper) and transposes after the mel bank: the same
     map as the frequency-major STFT."""
