@@ -312,10 +312,17 @@ def stage_profile(root: str | os.PathLike, paths: list[str], *, clips: int = 16,
 
 
 def _worker_init(_: int) -> None:
+    import atexit
+
     import torch
 
     torch.set_num_threads(1)
     _quiet_official()
+    # A worker of the official dataset sometimes aborts in C++ teardown at interpreter exit
+    # ("terminate called without an active exception", after its batches were delivered), which
+    # the DataLoader then reports as a killed worker. Nothing is left to save in a measuring
+    # worker at exit, so it leaves without the interpreter's teardown.
+    atexit.register(os._exit, 0)
 
 
 def run_official(root: str | os.PathLike, paths: list[str], *, batch_size: int, batches: int, workers: int,
