@@ -149,5 +149,8 @@ def test_bench_loader_official_writes_the_comparison(official_root, tmp_path):
     assert figures["anchor_vs_official_cpu"] == pytest.approx(
         pair["anchor_cpu_ms_per_clip"] / pair["official_cpu_ms_per_clip"], rel=0.01)
     assert figures["config"]["official"] == str(official_root)
+    assert figures["ours_vs_official"]["cpu_ratio"] == pytest.approx(
+        official["cpu_ms_per_clip"] / figures["ours_cpu_ms_per_clip"], rel=0.01)
+    assert figures["ours_vs_official"]["ratio"] == pytest.approx(figures["ours"] / official["clips_per_s"], rel=0.01)
     assert figures["config"]["threads"] == (os.cpu_count() or 1) + 1
     assert any(line.startswith("official loader (") for line in proc.stdout.splitlines())

@@ -229,6 +229,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "official": None if official is None else {key: value for key, value in official.items()
                                                    if key != "anchor_vs_official_cpu"},
         "anchor_vs_official_cpu": None if official is None else official["anchor_vs_official_cpu"],
+        # ours against the official loader itself: medians of separate runs (not within one repeat)
+        "ours_vs_official": None if official is None else {
+            "ratio": round(ours["clips_per_s"] / official["clips_per_s"], 2),
+            "cpu_ratio": round(official["cpu_ms_per_clip"] / ours["cpu_ms_per_clip"], 2)},
         "repeats": [{"ours_clips_per_s": round(r["ours"]["clips_per_s"], 2), "baseline_clips_per_s": round(r["anchor"]["clips_per_s"], 2),
                      "ours_cpu_ms_per_clip": round(r["ours"]["cpu_ms_per_clip"], 2),
                      "baseline_cpu_ms_per_clip": round(r["anchor"]["cpu_ms_per_clip"], 2)} for r in repeats],
