@@ -323,24 +323,29 @@ def process_cpu_seconds(pid: int) -> float:
 
 def run_anchor(paths: list[str], limits: list, *, batch_size: int, batches: int, workers: int,
                seed: int = 0) -> dict[str, float]:
-    """Time ``batches`` batches of the anchor DataLoader after a warm-up of two batches per worker.
+    """Time ``batches`` batches of the anchor DataLoader (``time_dataloader``)."""
+    return time_dataloader(FaithfulAnchor(paths, limits, seed=seed), batch_size=batch_size, batches=batches,
+                           workers=workers, worker_init=_worker_init)
 
-    Workers are spawned (fresh interpreters) with one OMP/BLAS/MKL thread set before they start.
-    CPU: each worker's /proc delta over the timed window plus the collecting thread's."""
+
+def time_dataloader(dataset: Any, *, batch_size: int, batches: int, workers: int, worker_init: Any) -> dict[str, float]:
+    """Time ``batches`` batches of ``dataset`` in a torch DataLoader after a warm-up of two batches
+    per worker (imports, librosa's first call, every worker busy). Workers are spawned (fresh
+    interpreters) with one OMP/BLAS/MKL thread set before they start. CPU: each worker's /proc
+    delta over the timed window plus the collecting thread's."""
     import multiprocessing
 
     import torch
 
-    dataset = FaithfulAnchor(paths, limits, seed=seed)
     context = multiprocessing.get_context("spawn") if workers else None
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
-                                         worker_init_fn=_worker_init if workers else None,
+                                         worker_init_fn=worker_init if workers else None,
                                          multiprocessing_context=context,
                                          prefetch_factor=2 if workers else None)
     with one_thread_environment():
         iterator = iter(loader)
     try:
-        for _ in range(2 * max(workers, 1)):  # imports, librosa's first call, every worker busy
+        for _ in range(2 * max(workers, 1)):
             next(iterator)
         pids = [w.pid for w in getattr(iterator, "_workers", [])]
         cpu0 = [process_cpu_seconds(p) for p in pids]

@@ -327,35 +327,15 @@ def _worker_init(_: int) -> None:
 
 def run_official(root: str | os.PathLike, paths: list[str], *, batch_size: int, batches: int, workers: int,
                  seed: int = 0) -> dict[str, float]:
-    """Time ``batches`` batches of the official dataset in a torch DataLoader, as
-    ``loader_anchor.run_anchor`` times the anchor: spawned workers started with one OMP/BLAS/MKL
+    """Time ``batches`` batches of the official dataset in a torch DataLoader exactly as the anchor
+    is timed (``loader_anchor.time_dataloader``: spawned workers started with one OMP/BLAS/MKL
     thread, a warm-up of two batches per worker, CPU = each worker's /proc delta over the timed
-    batches plus the collecting thread."""
-    import multiprocessing
-
+    batches plus the collecting thread)."""
     import torch
 
-    from crisscross.tools.loader_anchor import one_thread_environment, process_cpu_seconds
+    from crisscross.tools.loader_anchor import time_dataloader
 
-    dataset = OfficialDataset(root, paths)
     torch.manual_seed(seed)  # the workers' base seed
-    context = multiprocessing.get_context("spawn") if workers else None
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
-                                         worker_init_fn=_worker_init if workers else None,
-                                         multiprocessing_context=context, prefetch_factor=2 if workers else None)
-    with one_thread_environment():
-        iterator = iter(loader)
-    try:
-        for _ in range(2 * max(workers, 1)):  # imports, librosa's first call, every worker busy
-            next(iterator)
-        pids = [w.pid for w in getattr(iterator, "_workers", [])]
-        cpu0 = [process_cpu_seconds(p) for p in pids]
-        main0, wall0 = time.thread_time(), time.perf_counter()
-        for _ in range(batches):
-            next(iterator)
-        wall = time.perf_counter() - wall0
-        cpu = sum(process_cpu_seconds(p) - c for p, c in zip(pids, cpu0)) + time.thread_time() - main0
-    finally:
-        del iterator
-    clips = batches * batch_size
-    return {"clips_per_s": clips / wall, "wall_s": wall, "clips": clips, "cpu_ms_per_clip": 1e3 * cpu / clips}
+    return time_dataloader(OfficialDataset(root, paths), batch_size=batch_size, batches=batches, workers=workers,
+                           worker_init=_worker_init)
+
