@@ -483,10 +483,6 @@ def _apply_twist(frames: DataNode, twist: TwistParams, draws: Draws = DALI_MATH)
     return dmath.min(dmath.max(twisted, 0.0), 255.0)
 
 
-def _color_twist(frames: DataNode, aug: VideoAugment, draws: Draws) -> DataNode:
-    return _apply_twist(frames, _twist_params(aug, draws), draws)
-
-
 def gaussian_taps(sigma: DataNode, window: int, draws: Draws = DALI_MATH) -> DataNode:
     """The normalized Gaussian window ``exp(-x^2 / (2 sigma^2))``, x in [-window//2, window//2],
     per sample (float32 vector): the kernel ``fn.gaussian_blur`` builds for ``window_size``/``sigma``."""
@@ -518,10 +514,6 @@ def _apply_blur(frames: DataNode, aug: VideoAugment, applied: DataNode, sigma: D
         along_w = fn.filter(frames, fn.reshape(taps, shape=[1, aug.blur_kernel]), dtype=types.FLOAT, border="reflect_101")
         frames = fn.filter(along_w, fn.reshape(taps, shape=[aug.blur_kernel, 1]), border="reflect_101")
     return frames
-
-
-def _blur(frames: DataNode, aug: VideoAugment, draws: Draws, *, is_float: bool) -> DataNode:
-    return _apply_blur(frames, aug, *_blur_params(aug, draws), is_float=is_float, draws=draws)
 
 
 def _cutout_params(aug: VideoAugment, crop: int, draws: Draws) -> tuple[DataNode, DataNode]:
@@ -637,7 +629,8 @@ def power_to_features(power: DataNode, mel: LogMel, num_samples: int) -> DataNod
 def log_mel(wave: DataNode, mel: LogMel, num_samples: int) -> DataNode:
     """float32 waveform ``[N]`` -> ``[n_mels, N // hop]`` log-mel: librosa.feature.melspectrogram
     (power 2, Slaney, zero-padded centred STFT, periodic Hann) then log(x + eps)."""
-    return power_to_features(audio_power(wave, replace(mel, frontend="logmel")), replace(mel, frontend="logmel"), num_samples)
+    logmel = replace(mel, frontend="logmel")
+    return power_to_features(audio_power(wave, logmel), logmel, num_samples)
 
 
 def audio_features(wave: DataNode, mel: LogMel, num_samples: int) -> DataNode:
@@ -696,8 +689,11 @@ def union_powers(union: DataNode, wave1: DataNode, wave2: DataNode, shift: DataN
     if head < kept:
         first = fn.cast(shift, dtype=types.INT32) + head
         pieces2.append(fn.slice(whole, fn.stack(first), types.Constant(np.array([kept - head], np.int32)), axes=[0]))
-    join = lambda pieces: pieces[0] if len(pieces) == 1 else fn.cat(*pieces, axis=0)  # noqa: E731
-    return join(pieces1), join(pieces2)
+    return _join_frames(pieces1), _join_frames(pieces2)
+
+
+def _join_frames(pieces: list[DataNode]) -> DataNode:
+    return pieces[0] if len(pieces) == 1 else fn.cat(*pieces, axis=0)
 
 
 def _resize_2d(spec: DataNode, height: int, width, interp=types.INTERP_LINEAR, draws: Draws = DALI_MATH) -> DataNode:

@@ -58,7 +58,7 @@ def test_float_colour_twist_equals_uint8_colour_twist():
     aug = VideoAugment()
 
     def graph(frames):
-        ours = augment._color_twist(frames, aug, FixedDraws(values))
+        ours = augment._apply_twist(frames, augment._twist_params(aug, FixedDraws(values)))
         raw = fn.color_twist(frames, brightness=1.4, contrast=0.7, saturation=1.3, hue=40.0, dtype=types.FLOAT)
         reference = fn.color_twist(frames, brightness=1.4, contrast=0.7, saturation=1.3, hue=40.0)
         return ours, raw, reference
@@ -70,6 +70,10 @@ def test_float_colour_twist_equals_uint8_colour_twist():
         assert np.abs(o - ref.astype(np.float32)).max() <= 0.5 + 1e-3
 
 
+def _blur(frames, aug: VideoAugment, draws: Draws):
+    return augment._apply_blur(frames, aug, *augment._blur_params(aug, draws), is_float=True, draws=draws)
+
+
 @pytest.mark.parametrize("sigma", [0.1, 0.7, 1.3, 2.0])
 def test_two_pass_blur_equals_gaussian_blur(sigma: float):
     """The two 1-D passes are fn.gaussian_blur (11 taps, reflect-101 borders) within float rounding;
@@ -77,8 +81,8 @@ def test_two_pass_blur_equals_gaussian_blur(sigma: float):
     aug = VideoAugment()
 
     def graph(frames):
-        blurred = augment._blur(frames, aug, FixedDraws({"video.blur": 1.0, "video.blur_sigma": sigma}), is_float=True)
-        kept = augment._blur(frames, aug, FixedDraws({"video.blur": 0.0, "video.blur_sigma": sigma}), is_float=True)
+        blurred = _blur(frames, aug, FixedDraws({"video.blur": 1.0, "video.blur_sigma": sigma}))
+        kept = _blur(frames, aug, FixedDraws({"video.blur": 0.0, "video.blur_sigma": sigma}))
         return blurred, kept, fn.gaussian_blur(frames, window_size=11, sigma=sigma)
 
     frames = _frames(np.float32)
