@@ -61,3 +61,21 @@ def _video_members(shards: Path) -> list[tuple[Path, str, int, int]]:
 def video_members():
     """``video_members(shards_dir)``: where each sample's video payload lies (corruption tests)."""
     return _video_members
+
+
+def _build_demo_shards(root: Path, *, num_classes: int, clips_per_class: int, seconds: float, **build) -> Path:
+    """Generated demo clips (``tools/demo_data``) under ``root/clips``, built into ``root/shards``
+    (every clip a sample, no errors)."""
+    from crisscross.preprocess.build import build_shards
+    from crisscross.tools.demo_data import generate_demo_clips
+
+    manifest = generate_demo_clips(root / "clips", num_classes=num_classes, clips_per_class=clips_per_class, seconds=seconds)
+    stats = build_shards(manifest, root / "shards", name="demo", progress=False, **build)
+    assert stats.samples == num_classes * clips_per_class and stats.errors == 0
+    return root / "shards"
+
+
+@pytest.fixture(scope="session")
+def demo_shards_builder():
+    """``build(root, num_classes=, clips_per_class=, seconds=, **build_shards options) -> shards``."""
+    return _build_demo_shards

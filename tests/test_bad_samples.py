@@ -20,14 +20,9 @@ from crisscross.shards.loader import BadSampleLimitError
 
 
 @pytest.fixture(scope="module")
-def clean_shards(tmp_path_factory) -> Path:
-    from crisscross.preprocess.build import build_shards
-    from crisscross.tools.demo_data import generate_demo_clips
-
-    root = tmp_path_factory.mktemp("bad_samples")
-    clips = generate_demo_clips(root / "clips", num_classes=2, clips_per_class=4, seconds=3.0)
-    build_shards(clips, root / "shards", name="demo", workers=1, progress=False)
-    return root / "shards"
+def clean_shards(tmp_path_factory, demo_shards_builder) -> Path:
+    return demo_shards_builder(tmp_path_factory.mktemp("bad_samples"), num_classes=2, clips_per_class=4, seconds=3.0,
+                               workers=1)
 
 
 def _corrupt(shards: Path, dst: Path, video_members) -> dict[str, str]:

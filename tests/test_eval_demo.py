@@ -35,14 +35,8 @@ OVERRIDES = [
 
 
 @pytest.fixture(scope="module")
-def demo_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from crisscross.preprocess.build import build_shards
-    from crisscross.tools.demo_data import generate_demo_clips
-
-    clips = generate_demo_clips(tmp_path_factory.mktemp("demo_clips"), num_classes=4, clips_per_class=4, seconds=3.0)
-    out = tmp_path_factory.mktemp("demo_shards")
-    build_shards(clips, out, name="demo", workers=2, progress=False)
-    return out
+def demo_shards(tmp_path_factory: pytest.TempPathFactory, demo_shards_builder) -> Path:
+    return demo_shards_builder(tmp_path_factory.mktemp("demo"), num_classes=4, clips_per_class=4, seconds=3.0, workers=2)
 
 
 def test_finetune_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run(demo_shards: Path, tmp_path: Path):

@@ -29,14 +29,8 @@ FC = ["classifier=fc", "fc.batch_size=8", "fc.milestones=[]"]
 
 
 @pytest.fixture(scope="module")
-def demo_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from crisscross.preprocess.build import build_shards
-    from crisscross.tools.demo_data import generate_demo_clips
-
-    clips = generate_demo_clips(tmp_path_factory.mktemp("clips"), num_classes=4, clips_per_class=4, seconds=3.0)
-    out = tmp_path_factory.mktemp("shards")
-    build_shards(clips, out, name="demo", workers=2, progress=False)
-    return out
+def demo_shards(tmp_path_factory: pytest.TempPathFactory, demo_shards_builder) -> Path:
+    return demo_shards_builder(tmp_path_factory.mktemp("demo"), num_classes=4, clips_per_class=4, seconds=3.0, workers=2)
 
 
 def _rows(results: Path) -> list[dict]:

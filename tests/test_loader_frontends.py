@@ -98,14 +98,8 @@ def test_frontend_recorded_in_input_and_used_by_evaluation():
 
 
 @pytest.fixture(scope="module")
-def demo_shards(tmp_path_factory) -> Path:
-    from crisscross.preprocess.build import build_shards
-    from crisscross.tools.demo_data import generate_demo_clips
-
-    root = tmp_path_factory.mktemp("demo")
-    manifest = generate_demo_clips(root / "clips", num_classes=2, clips_per_class=4, seconds=4.0)
-    build_shards(manifest, root / "shards", name="demo", progress=False)
-    return root / "shards"
+def demo_shards(tmp_path_factory, demo_shards_builder) -> Path:
+    return demo_shards_builder(tmp_path_factory.mktemp("demo"), num_classes=2, clips_per_class=4, seconds=4.0)
 
 
 @pytest.mark.slow

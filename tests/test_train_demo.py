@@ -30,15 +30,8 @@ def _restore_torch_threads():
 
 
 @pytest.fixture(scope="module")
-def demo_shards(tmp_path_factory) -> Path:
-    from crisscross.preprocess.build import build_shards
-    from crisscross.tools.demo_data import generate_demo_clips
-
-    root = tmp_path_factory.mktemp("demo")
-    manifest = generate_demo_clips(root / "clips", num_classes=4, clips_per_class=4, seconds=4.0)
-    stats = build_shards(manifest, root / "shards", name="demo", progress=False)
-    assert stats.samples == 16 and stats.errors == 0
-    return root / "shards"
+def demo_shards(tmp_path_factory, demo_shards_builder) -> Path:
+    return demo_shards_builder(tmp_path_factory.mktemp("demo"), num_classes=4, clips_per_class=4, seconds=4.0)
 
 
 def test_tiny_model_on_demo_clips_lowers_the_loss_without_collapse(tmp_path, demo_shards):

@@ -32,14 +32,8 @@ def _restore_torch_threads():
 
 
 @pytest.fixture(scope="module")
-def demo_shards(tmp_path_factory) -> Path:
-    from crisscross.preprocess.build import build_shards
-    from crisscross.tools.demo_data import generate_demo_clips
-
-    root = tmp_path_factory.mktemp("demo")
-    manifest = generate_demo_clips(root / "clips", num_classes=4, clips_per_class=4, seconds=4.0)
-    build_shards(manifest, root / "shards", name="demo", progress=False)
-    return root / "shards"
+def demo_shards(tmp_path_factory, demo_shards_builder) -> Path:
+    return demo_shards_builder(tmp_path_factory.mktemp("demo"), num_classes=4, clips_per_class=4, seconds=4.0)
 
 
 @pytest.fixture(scope="module")
